@@ -1,0 +1,7 @@
+"""``python -m ambient``."""
+
+import sys
+
+from ambient.cli import main
+
+sys.exit(main())
