@@ -36,14 +36,119 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="generate images and write a PNG grid")
+    p.add_argument("--model", required=True, help="model folder (or diffusers pipeline folder / hub id)")
+    p.add_argument("--baseline", help="second model for the hand-over below sigma_c")
+    p.add_argument("--sigma-c", type=float, default=0.0, help="noise cutoff (hand-over or truncate)")
+    p.add_argument("--mode", choices=["handover", "truncate"], default="handover")
+    p.add_argument("--prompt", default="", help="text prompt ('' = unconditional)")
+    p.add_argument("--n", type=int, default=16, help="number of images")
+    p.add_argument("--seed", type=int, default=0, help="first seed (seeds are seed..seed+n-1)")
+    p.add_argument("--steps", type=int, default=18)
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--out", default="samples.png")
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from ambient.denoiser import load_denoiser
+    from ambient.evaluate import encode_prompts, generate
+    from ambient.images import save_grid
+
+    amb = load_denoiser(args.model)
+    base = load_denoiser(args.baseline) if args.baseline else None
+    cond = encode_prompts([args.prompt] * args.n, getattr(amb, "meta", {}).get("text_model"), amb.cond_dim)
+    x = generate(
+        amb, base, list(range(args.seed, args.seed + args.n)), cond, args.steps, args.sigma_c, args.mode, args.guidance
+    )
+    save_grid(x, args.out)
+    print(f"{args.n} images written to {args.out}")
+    return 0
+
+
+def _add_index(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="build the nearest-neighbour index over a model's training images")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="model folder: its config names the training ids and dataset")
+    src.add_argument("--data", help="a .npz file, an image folder or 'fashion-mnist'")
+    p.add_argument(
+        "--embedder", default="pixels", help="pixels | efficientnet-lite0 | fmnist-cnn | open_clip:.. | dinov2:.."
+    )
+    p.add_argument("--kind", choices=["flat", "ivf"], default="flat")
+    p.add_argument("--threshold", type=float, default=0.95, help="cosine above which a sample counts as a copy")
+    p.add_argument("--out", required=True, help="folder: train.npz and index/ are written into it")
+
+
+def _run_index(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ambient.data import load_dataset, training_set_of
+    from ambient.neighbours import TrainingSetIndex
+
+    ds = training_set_of(args.model) if args.model else load_dataset(args.data)
+    out = Path(args.out)
+    ds.save_npz(out / "train.npz")
+    index = TrainingSetIndex(ds.images, ds.ids, args.embedder, args.kind, args.threshold)
+    index.save(out / "index")
+    print(f"{len(ds)} training images -> {out / 'train.npz'}, index ({args.embedder}, {args.kind}) -> {out / 'index'}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="memorization, quality and the sigma_c sweep of a model pair")
+    p.add_argument("--ambient", required=True, help="Ambient model folder (used above sigma_c)")
+    p.add_argument("--baseline", required=True, help="baseline model folder (used below sigma_c)")
+    p.add_argument("--pair-dir", required=True, help="folder with train.npz and index/ (from 'index')")
+    p.add_argument("--n", type=int, default=1000, help="samples per model for the main comparison")
+    p.add_argument("--sweep-n", type=int, default=256, help="samples per sigma_c in the sweep")
+    p.add_argument("--sweep-points", type=int, default=9, help="log-spaced sigma_c values in [sigma_min, sigma_max]")
+    p.add_argument("--sweep-min", type=float, default=None, help="lowest sigma_c of the sweep (default sigma_min)")
+    p.add_argument("--steps", type=int, default=18)
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=10_000, help="first sampling seed")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--out", required=True, help="folder for report.json, sweep.json and sweep.png")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from ambient.evaluate import evaluate_pair
+
+    report = evaluate_pair(
+        args.ambient,
+        args.baseline,
+        args.pair_dir,
+        args.out,
+        n=args.n,
+        sweep_n=args.sweep_n,
+        sweep_points=args.sweep_points,
+        sweep_min=args.sweep_min,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        bf16=args.bf16,
+    )
+    for name in ("reference", "baseline", "ambient"):
+        r = report[name]
+        print(
+            f"{name:10s} cos>0.95 {r['rate_similarity']['0.95']:.3f}  ratio<1/3 {r['rate_ratio']:.3f}  "
+            f"FD {r.get('frechet_distance', float('nan')):.2f}"
+        )
+    print(f"report -> {args.out}/report.json")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m ambient", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_sample(sub)
+    _add_index(sub)
+    _add_evaluate(sub)
     args = parser.parse_args(argv)
+    runners = {"train": _run_train, "sample": _run_sample, "index": _run_index, "evaluate": _run_evaluate}
     try:
-        return {"train": _run_train}[args.command](args)
+        return runners[args.command](args)
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

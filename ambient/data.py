@@ -118,6 +118,8 @@ def _read_idx(path: Path) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    if len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path} is truncated: its header is incomplete")
     dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
@@ -243,3 +245,24 @@ def caption(class_name: str, rng: random.Random) -> str:
 def class_prompt(class_name: str) -> str:
     """The canonical prompt for a class (used for evaluation)."""
     return f"a photo of a {class_name}"
+
+
+def training_set_of(model_dir: str | Path) -> ImageDataset:
+    """The exact training subset a model was trained on, from the ids and dataset in its config."""
+    import json
+
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    meta = cfg.get("meta", {})
+    ids, source = meta.get("train_ids"), meta.get("dataset", "")
+    if not ids:
+        raise ValueError(f"{model_dir} does not record its training ids")
+    tc = meta.get("train_config", {})
+    if source.startswith("fashion-mnist/"):
+        full = load_fashion_mnist(source.split("/", 1)[1], size=tc.get("image_size", 32))
+    else:
+        full = load_dataset(tc.get("data", source), "train", tc.get("image_size", 32))
+    pos = {i: k for k, i in enumerate(full.ids)}
+    missing = [i for i in ids if i not in pos]
+    if missing:
+        raise ValueError(f"{len(missing)} training ids of {model_dir} are not in {source}")
+    return full.subset([pos[i] for i in ids])

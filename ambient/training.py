@@ -68,7 +68,7 @@ class TrainConfig:
             )
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
-        for name in ("steps", "batch", "n"):
+        for name in ("steps", "batch", "n", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 
@@ -195,8 +195,9 @@ class Trainer:
             return
         state = json.loads((ck / "state.json").read_text())
         saved = state["config"]
-        for k in ("loss", "sigma_n", "regime", "n", "subset_seed", "seed", "batch", "block_out_channels"):
-            if saved.get(k) != getattr(self.cfg, k):
+        keys = ("loss", "sigma_n", "regime", "n", "subset_seed", "seed", "batch", "block_out_channels")
+        for k in (*keys, "layers_per_block", "text_model", "data", "image_size"):
+            if saved.get(k) != json.loads(json.dumps(getattr(self.cfg, k))):
                 raise ValueError(f"{ck} was written with {k}={saved.get(k)!r}, this run has {getattr(self.cfg, k)!r}")
         self.model.net.load_state_dict(load_file(str(ck / "model.safetensors")))
         self.ema.net.load_state_dict(load_file(str(ck / "ema.safetensors")))
@@ -295,6 +296,9 @@ class Trainer:
                 run_loss = []
                 if bar is not None:
                     bar.set_postfix(loss=f"{self.history[-1]['loss']:.4f}", img_s=f"{ips:.0f}")
+                elif self.rank == 0:
+                    h = self.history[-1]
+                    print(f"step {self.step}/{cfg.steps} loss {h['loss']:.4f} {ips:.0f} img/s", flush=True)
             if bar is not None:
                 bar.update(1)
             if cfg.snapshot_every and self.step % cfg.snapshot_every == 0:

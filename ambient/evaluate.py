@@ -1,0 +1,305 @@
+"""Evaluation of a model pair: memorization, quality and prompt fidelity, and the sweep over sigma_c."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ambient.data import class_prompt
+from ambient.denoiser import SIGMA_MAX, SIGMA_MIN
+from ambient.sampling import sample
+
+Progress = Callable[[float, str], None]
+
+
+def prompt_plan(n: int, class_names: Sequence[str] | None, uncond_every: int = 11) -> tuple[list[str], list[int]]:
+    """n prompts spread evenly over the classes, every ``uncond_every``-th one empty (class id -1)."""
+    if n < 1:
+        raise ValueError(f"need at least one sample, got {n}")
+    if not class_names:
+        return [""] * n, [-1] * n
+    prompts, ids = [], []
+    k = 0
+    for i in range(n):
+        if uncond_every and i % uncond_every == uncond_every - 1:
+            prompts.append("")
+            ids.append(-1)
+        else:
+            c = k % len(class_names)
+            prompts.append(class_prompt(class_names[c]))
+            ids.append(c)
+            k += 1
+    return prompts, ids
+
+
+def encode_prompts(prompts: Sequence[str], text_model: str | None, cond_dim: int) -> torch.Tensor | None:
+    """Conditioning vectors for the prompts (None for an unconditional model)."""
+    if not cond_dim:
+        return None
+    if not text_model:
+        raise ValueError("the model is text-conditional but names no text encoder")
+    from ambient.text import get_text_encoder
+
+    enc = get_text_encoder(text_model)
+    if enc.dim != cond_dim:
+        raise ValueError(f"text encoder {text_model} gives {enc.dim}-d vectors; the model expects {cond_dim}")
+    return enc.encode(list(prompts))
+
+
+@torch.no_grad()
+def generate(
+    ambient: Any,
+    baseline: Any | None,
+    seeds: Sequence[int],
+    cond: torch.Tensor | None,
+    steps: int = 18,
+    sigma_c: float = 0.0,
+    mode: str = "handover",
+    guidance: float = 1.0,
+    batch: int = 128,
+    bf16: bool = False,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """Samples for many seeds, in batches (same start noise per seed as any other batch)."""
+    shape = ambient.image_shape
+    out = []
+    for start in range(0, len(seeds), batch):
+        s = list(seeds[start : start + batch])
+        c = None if cond is None else cond[start : start + batch]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out.append(sample(ambient, baseline, s, shape, c, steps, sigma_c, mode, "heun", guidance))
+        if progress is not None:
+            progress(min(1.0, (start + len(s)) / len(seeds)), f"{start + len(s)}/{len(seeds)} samples")
+    return torch.cat(out).float()
+
+
+def score_samples(
+    samples: torch.Tensor,
+    index: Any,
+    class_ids: Sequence[int] | None = None,
+    reference: torch.Tensor | None = None,
+    classifier: Any = None,
+    thresholds: Sequence[float] = (0.9, 0.95),
+) -> dict[str, Any]:
+    """Memorization (both verdicts), Frechet distance to ``reference`` and prompt fidelity of samples."""
+    from ambient import metrics
+
+    row: dict[str, Any] = {"n": len(samples)}
+    row.update(metrics.memorization_report(samples, index, thresholds))
+    if reference is not None:
+        row.update(metrics.frechet_report(samples, reference, classifier))
+    if class_ids is not None and any(c >= 0 for c in class_ids):
+        row["prompt_fidelity"] = metrics.prompt_fidelity(samples, list(class_ids), classifier)["accuracy"]
+    return row
+
+
+def log_cutoffs(n: int, lo: float = SIGMA_MIN, hi: float = SIGMA_MAX, extra: Sequence[float] = ()) -> list[float]:
+    """n sigma_c values log-spaced over [lo, hi], plus ``extra`` ones, plus one past sigma_max (baseline alone)."""
+    if n < 2:
+        raise ValueError("a sweep needs at least 2 cutoffs")
+    vals = np.exp(np.linspace(math.log(lo), math.log(hi), n)).tolist()
+    vals = sorted({round(v, 6) for v in [*vals, *extra]})
+    return [*vals, float(hi) * 1.01]
+
+
+def sweep_cutoff(
+    ambient: Any,
+    baseline: Any,
+    index: Any,
+    sigma_cs: Sequence[float],
+    seeds: Sequence[int],
+    cond: torch.Tensor | None = None,
+    steps: int = 18,
+    class_ids: Sequence[int] | None = None,
+    reference: torch.Tensor | None = None,
+    classifier: Any = None,
+    guidance: float = 1.0,
+    bf16: bool = False,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Hand-over sweep: for each sigma_c, samples from (Ambient above sigma_c, baseline below) and their scores."""
+    rows = []
+    for k, sc in enumerate(sigma_cs):
+        inner = None
+        if progress is not None:
+
+            def inner(f: float, msg: str, k: int = k, sc: float = sc) -> None:
+                progress((k + f) / len(sigma_cs), f"sigma_c={sc:.3g}: {msg}")
+
+        x = generate(ambient, baseline, seeds, cond, steps, float(sc), "handover", guidance, bf16=bf16, progress=inner)
+        row = {"sigma_c": float(sc)}
+        row.update(score_samples(x, index, class_ids, reference, classifier))
+        rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def copy_trajectory(
+    denoiser: Any,
+    index: Any,
+    seed: int,
+    cond: torch.Tensor | None = None,
+    steps: int = 18,
+) -> list[dict[str, float]]:
+    """Nearest-training-image similarity of x0_hat at every sampling step of one seed (the moment of copying)."""
+    rows: list[dict[str, float]] = []
+
+    def cb(info: dict[str, Any]) -> None:
+        sims, pos = index.search(info["denoised"].float().clamp(-1, 1), 1)
+        rows.append({"sigma": info["sigma"], "similarity": float(sims[0, 0]), "position": int(pos[0, 0])})
+
+    c = None if cond is None else cond[:1]
+    sample(denoiser, None, [seed], denoiser.image_shape, c, steps, 0.0, "handover", "heun", 1.0, cb)
+    return rows
+
+
+def plot_sweep(
+    rows: Sequence[dict[str, Any]],
+    path: str | Path,
+    sigma_n: float | None = None,
+    reference: dict[str, Any] | None = None,
+    title: str = "",
+) -> Path:
+    """Memorization rate and Frechet distance against sigma_c, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sc = [r["sigma_c"] for r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, style in (("0.95", "-o"), ("0.9", "--o")):
+        if all(key in r.get("rate_similarity", {}) for r in rows):
+            a1.plot(sc, [100 * r["rate_similarity"][key] for r in rows], style, label=f"cosine > {key}")
+    a1.plot(sc, [100 * r["rate_ratio"] for r in rows], "-s", label="ratio d1/d2 < 1/3")
+    if reference:
+        a1.axhline(
+            100 * reference["rate_similarity"].get("0.95", 0), color="gray", ls=":", label="held-out, cos > 0.95"
+        )
+    a1.set_ylabel("memorized samples (%)")
+    if any("frechet_distance" in r for r in rows):
+        a2.plot(sc, [r.get("frechet_distance", float("nan")) for r in rows], "-o", color="C3")
+    a2.set_ylabel("Frechet distance (fmnist-cnn features)")
+    for ax in (a1, a2):
+        ax.set_xscale("log")
+        ax.set_xlabel("sigma_c (Ambient above, baseline below)")
+        if sigma_n:
+            ax.axvline(sigma_n, color="k", lw=0.8, ls="--")
+            ax.text(sigma_n, ax.get_ylim()[1], " sigma_n", va="top", fontsize=8)
+    a1.legend(fontsize=8)
+    fig.suptitle(title or "Hand-over sweep: left end = Ambient alone, right end = baseline alone")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write JSON atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def evaluate_pair(
+    ambient_dir: str | Path,
+    baseline_dir: str | Path,
+    pair_dir: str | Path,
+    out: str | Path,
+    n: int = 1000,
+    sweep_n: int = 256,
+    sweep_points: int = 9,
+    sweep_min: float | None = None,
+    steps: int = 18,
+    guidance: float = 1.0,
+    seed: int = 10_000,
+    bf16: bool = True,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """The full comparison behind the README table and the app's trade-off tab; writes report/sweep JSON and PNG."""
+    import time
+
+    from ambient.data import balanced_subset, load_fashion_mnist, load_npz
+    from ambient.denoiser import load_denoiser
+    from ambient.neighbours import TrainingSetIndex
+
+    t0 = time.perf_counter()
+    amb, base = load_denoiser(ambient_dir), load_denoiser(baseline_dir)
+    pair_dir, out = Path(pair_dir), Path(out)
+    train = load_npz(pair_dir / "train.npz")
+    index = TrainingSetIndex.load(pair_dir / "index", train.images)
+    meta = getattr(amb, "meta", {})
+    class_names = meta.get("class_names")
+    prompts, class_ids = prompt_plan(n, class_names)
+    cond = encode_prompts(prompts, meta.get("text_model"), amb.cond_dim)
+    seeds = list(range(seed, seed + n))
+
+    reference = None
+    ref_row: dict[str, Any] = {}
+    if str(meta.get("dataset", "")).startswith("fashion-mnist"):
+        test = balanced_subset(load_fashion_mnist("test"), min(2 * n, 10_000), seed=1)
+        reference, held_out = test.images[:n], test.images[n : 2 * n]
+        ref_row = score_samples(held_out, index, test.labels[n : 2 * n].tolist(), reference)
+        ref_row["what"] = "held-out Fashion-MNIST test images (the creative reference)"
+
+    rows = {"reference": ref_row}
+    for name, model in (("baseline", base), ("ambient", amb)):
+        x = generate(model, None, seeds, cond, steps, 0.0, "handover", guidance, bf16=bf16, progress=progress)
+        rows[name] = score_samples(x, index, class_ids, reference)
+        save_grid_path = out / f"samples_{name}.png"
+        from ambient.images import save_grid
+
+        save_grid(x[:64], save_grid_path, ncol=16)
+
+    sigma_n = meta.get("sigma_n")
+    extra = [sigma_n] if sigma_n else []
+    cutoffs = log_cutoffs(sweep_points, sweep_min or SIGMA_MIN, SIGMA_MAX, extra)
+    s_prompts, s_ids = prompt_plan(sweep_n, class_names)
+    s_cond = encode_prompts(s_prompts, meta.get("text_model"), amb.cond_dim)
+    sweep = sweep_cutoff(
+        amb,
+        base,
+        index,
+        cutoffs,
+        list(range(seed, seed + sweep_n)),
+        s_cond,
+        steps,
+        s_ids,
+        reference,
+        guidance=guidance,
+        bf16=bf16,
+        progress=progress,
+    )
+    settings = {
+        "ambient": str(ambient_dir),
+        "baseline": str(baseline_dir),
+        "n": n,
+        "sweep_n": sweep_n,
+        "steps": steps,
+        "sampler": "heun",
+        "guidance": guidance,
+        "seed": seed,
+        "bf16": bf16,
+        "embedder": index.embedder.name,
+        "threshold": index.threshold,
+        "ratio_threshold": index.ratio_threshold,
+        "sigma_n": sigma_n,
+        "quality": "Frechet distance in fmnist-cnn penultimate features vs held-out test images (not FID)",
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    report = {**rows, "sweep": sweep, "settings": settings}
+    write_json(report, out / "report.json")
+    write_json({"sweep": sweep, "reference": ref_row, **settings}, out / "sweep.json")
+    plot_sweep(sweep, out / "sweep.png", sigma_n, ref_row or None)
+    return report

@@ -1,0 +1,187 @@
+"""Numbers for the comparison: memorization rates, a Frechet distance, prompt fidelity.
+
+* Memorization (docs/method.md): share of samples whose nearest training image has cosine similarity above
+  0.9 / 0.95 in an embedder's space, and share that fail Gu et al.'s pixel ratio test (d1/d2 < 1/3).
+  ``held_out_reference`` gives the same numbers for real held-out images: the rate a model that never
+  copies would score against the same training set.
+* Quality: a Frechet distance between Gaussians fitted to the penultimate features of the project's
+  Fashion-MNIST classifier. It is not FID (no Inception network) and is only comparable to itself.
+* Prompt fidelity: accuracy of that classifier on samples against the class each was asked for.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import linalg
+
+from ambient.classifier import DEFAULT_CLASSIFIER_DIR, FashionClassifier, extract_features, predict_logits
+from ambient.neighbours import TrainingSetIndex, Verdict
+
+DEFAULT_THRESHOLDS = (0.9, 0.95)
+
+
+def _key(t: float) -> str:
+    return format(float(t), "g")
+
+
+def memorization_stats(
+    verdicts: list[Verdict],
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    ratio_threshold: float = 1 / 3,
+    embedder: str | None = None,
+) -> dict[str, Any]:
+    """Memorization rates of a list of verdicts: share above each similarity threshold, share failing the ratio test.
+
+    ``rate_similarity`` is keyed by the threshold as text ("0.9", "0.95"). ``rate_ratio`` counts ratios below
+    ``ratio_threshold`` and is None when the verdicts carry no ratios (an embeddings-only index).
+    """
+    if len(verdicts) == 0:
+        raise ValueError("no verdicts to summarise")
+    if not 0 < ratio_threshold <= 1:
+        raise ValueError(f"ratio_threshold must be in (0, 1], got {ratio_threshold}")
+    sims = np.array([v.similarity for v in verdicts], dtype=np.float64)
+    ratios = np.array([v.ratio for v in verdicts], dtype=np.float64)
+    has_ratio = bool(np.isfinite(ratios).all())
+    names = {v.embedder for v in verdicts if v.embedder}
+    if embedder is None:
+        embedder = names.pop() if len(names) == 1 else ("mixed" if names else "unknown")
+    return {
+        "n": len(verdicts),
+        "embedder": embedder,
+        "rate_similarity": {_key(t): float((sims > t).mean()) for t in thresholds},
+        "rate_copy": float(np.mean([v.is_copy for v in verdicts])),
+        "rate_ratio": float((ratios < ratio_threshold).mean()) if has_ratio else None,
+        "ratio_threshold": float(ratio_threshold),
+        "mean_similarity": float(sims.mean()),
+        "median_similarity": float(np.median(sims)),
+        "median_ratio": float(np.median(ratios)) if has_ratio else None,
+    }
+
+
+def memorization_report(
+    samples: torch.Tensor, index: TrainingSetIndex, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, k: int = 1
+) -> dict[str, Any]:
+    """Memorization stats of generated samples against a training-set index (plus the index's own settings)."""
+    verdicts = index.verdicts(samples, k=k)
+    stats = memorization_stats(verdicts, thresholds, index.ratio_threshold, index.embedder_name)
+    stats["threshold"] = index.threshold  # the one behind rate_copy / Verdict.is_copy
+    stats["n_training"] = len(index)
+    return stats
+
+
+def held_out_reference(
+    index: TrainingSetIndex, test_images: torch.Tensor, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
+) -> dict[str, Any]:
+    """The memorization report of real held-out images: the rate of a generator that never copies."""
+    report = memorization_report(test_images, index, thresholds)
+    report["reference"] = "held-out real images"
+    return report
+
+
+def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (N, F):
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)).
+
+    As in the standard FID code: scipy's sqrtm; if it is not finite or has a sizeable imaginary part, the
+    covariances get ``eps`` on their diagonals; the tiny imaginary rest is dropped.
+    """
+    a = np.asarray(feats_a, dtype=np.float64)
+    b = np.asarray(feats_b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"features must be (N, F) arrays, got shapes {a.shape} and {b.shape}")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature dimensions differ: {a.shape[1]} vs {b.shape[1]}")
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"need at least 2 feature vectors per set, got {len(a)} and {len(b)}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("features contain NaN or infinite values")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a = np.atleast_2d(np.cov(a, rowvar=False))
+    s_b = np.atleast_2d(np.cov(b, rowvar=False))
+    diff = mu_a - mu_b
+
+    def sqrt_product(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return linalg.sqrtm(x @ y)
+
+    covmean = sqrt_product(s_a, s_b)
+    bad = not np.isfinite(covmean).all()
+    if not bad and np.iscomplexobj(covmean):
+        bad = not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3)
+    if bad:
+        offset = np.eye(s_a.shape[0]) * eps
+        covmean = sqrt_product(s_a + offset, s_b + offset)
+        if not np.isfinite(covmean).all():
+            raise ValueError("the covariance product has no finite square root; too few samples for the dimension?")
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"imaginary component {np.max(np.abs(covmean.imag)):.3g} in the covariance square root")
+        covmean = covmean.real
+    d = float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean))
+    return max(d, 0.0)
+
+
+def _classifier(classifier: FashionClassifier | None) -> tuple[FashionClassifier, str]:
+    if classifier is None:
+        from ambient.classifier import load_default_classifier
+
+        return load_default_classifier(), f"{DEFAULT_CLASSIFIER_DIR.parent.name}/{DEFAULT_CLASSIFIER_DIR.name}"
+    return classifier, "custom weights"
+
+
+def _check_batch(images: torch.Tensor, what: str) -> None:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise ValueError(f"{what} must be a (N, C, H, W) tensor")
+    if images.numel() and not bool(torch.isfinite(images).all()):
+        raise ValueError(f"{what} contain NaN or infinite values")
+
+
+def frechet_report(
+    samples: torch.Tensor, reference: torch.Tensor, classifier: FashionClassifier | None = None
+) -> dict[str, Any]:
+    """Frechet distance between samples and reference images in the classifier's penultimate feature space."""
+    _check_batch(samples, "samples")
+    _check_batch(reference, "reference images")
+    model, source = _classifier(classifier)
+    fa = extract_features(model, samples).numpy()
+    fb = extract_features(model, reference).numpy()
+    return {
+        "frechet_distance": frechet_distance(fa, fb),
+        "feature_space": f"fmnist-cnn penultimate ({source})",
+        "feature_dim": int(fa.shape[1]),
+        "n_samples": len(samples),
+        "n_reference": len(reference),
+    }
+
+
+def prompt_fidelity(
+    samples: torch.Tensor, class_ids: Sequence[int], classifier: FashionClassifier | None = None
+) -> dict[str, Any]:
+    """Share of samples the classifier assigns to the class they were asked for (class id -1: unconditional,
+    skipped; accuracy None when nothing is left)."""
+    _check_batch(samples, "samples")
+    ids = np.asarray(list(class_ids), dtype=np.int64)
+    if len(ids) != len(samples):
+        raise ValueError(f"{len(ids)} class ids for {len(samples)} samples")
+    model, source = _classifier(classifier)
+    if ((ids < -1) | (ids >= model.num_classes)).any():
+        raise ValueError(f"class ids must be -1 (unconditional) or in 0..{model.num_classes - 1}")
+    keep = np.flatnonzero(ids >= 0)
+    acc: float | None = None
+    if len(keep):
+        pred = predict_logits(model, samples[torch.from_numpy(keep)]).argmax(1).numpy()
+        acc = float((pred == ids[keep]).mean())
+    return {
+        "accuracy": acc,
+        "n": int(len(keep)),
+        "n_skipped": int(len(ids) - len(keep)),
+        "chance": 1.0 / model.num_classes,
+        "classifier": f"fmnist-cnn ({source})",
+        "classifier_test_accuracy": model.meta.get("test_accuracy"),
+    }
