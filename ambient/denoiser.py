@@ -95,6 +95,12 @@ def _atomic_write_dir(target: Path, write: Any) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         write(tmp)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        for f in tmp.iterdir():  # mkdtemp makes 0700 and safetensors 0600: use the usual umask modes
+            if f.is_file():
+                os.chmod(f, 0o666 & ~umask)
+        os.chmod(tmp, 0o777 & ~umask)
         old = target.with_name(f".{target.name}.old")
         if target.exists():
             if old.exists():
@@ -105,6 +111,9 @@ def _atomic_write_dir(target: Path, write: Any) -> None:
             shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        old = target.with_name(f".{target.name}.old")
+        if old.exists() and not target.exists():
+            os.replace(old, target)  # put the previous folder back
         raise
 
 

@@ -175,6 +175,8 @@ def sample(
         d = CFGDenoiser(ambient, guidance) if guidance != 1.0 else ambient
         sig = truncate_sigmas(sigmas, sigma_c)
         x = SAMPLERS[sampler](d, x, sig, cond, callback)
+        if float(sig[-1]) <= 0:  # cut at 0: the full run, whose last step already is D(x, sigma_min)
+            return x.clamp(-1, 1)
         return d(x, sig[-1], cond).clamp(-1, 1)
     model = ambient if baseline is None else HandOverDenoiser(ambient, baseline, sigma_c)
     d = CFGDenoiser(model, guidance) if guidance != 1.0 else model

@@ -70,16 +70,18 @@ class TextEncoder:
         """(len(prompts), dim) float tensor; blank prompts give zero vectors (unconditional)."""
         clean = [normalize_prompt(p) for p in prompts]
         missing = [p for p in dict.fromkeys(clean) if p and p not in self._cache]
-        if missing:
-            for p, e in zip(missing, self._encode_new(missing), strict=True):
-                self._cache[p] = e
-                if len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
+        new = dict(zip(missing, self._encode_new(missing), strict=True)) if missing else {}
         out = torch.zeros(len(clean), self.dim)
         for i, p in enumerate(clean):
-            if p:
+            if p in new:
+                out[i] = new[p]
+            elif p:
                 self._cache.move_to_end(p)
                 out[i] = self._cache[p]
+        for p, e in new.items():
+            self._cache[p] = e
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return out
 
 

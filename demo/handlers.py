@@ -1,0 +1,835 @@
+"""Plain functions behind the UI. They validate input, call the ``ambient`` library and return plain data
+(uint8 arrays, PIL images, captions, markdown); no maths here, no browser needed to call them.
+
+Errors meant for the person at the screen are ``InputError``: a ``gr.Error`` (shown as a modal) that is
+also a ``ValueError`` (for code and tests).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import inspect
+import io
+import math
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from demo.pairs import ModelPair, PairError, PairRegistry
+
+MAX_IMAGES = 8
+MAX_STEPS = 200
+MAX_GUIDANCE = 20.0
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 300
+MAX_UPLOAD_BYTES = 20 * 2**20
+MAX_UPLOAD_PIXELS = 4096 * 4096
+MAX_SWEEP_SEEDS = 256
+DISPLAY_SIZE = 128
+THUMB_SIZE = 64
+DEFAULT_K = 4
+MODES = ("handover", "truncate")
+
+StepCallback = Callable[[str, dict[str, Any]], None]
+
+
+class InputError(gr.Error, ValueError):
+    """A message for the user: shown by Gradio as an error modal, raised as ValueError to code."""
+
+    def __init__(self, message: str):
+        super().__init__(message, print_exception=False)
+
+    def __str__(self) -> str:
+        return str(self.message)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def check_prompt(prompt: Any) -> tuple[str, bool]:
+    """The cleaned prompt and whether it was cut to MAX_PROMPT_CHARS; non-strings are refused."""
+    from ambient.text import normalize_prompt
+
+    if prompt is None:
+        return "", False
+    if not isinstance(prompt, str):
+        raise InputError(f"The prompt must be text, got {type(prompt).__name__}.")
+    clean = normalize_prompt(prompt)
+    if len(clean) > MAX_PROMPT_CHARS:
+        return clean[:MAX_PROMPT_CHARS].rstrip(), True
+    return clean, False
+
+
+def check_int(value: Any, name: str, lo: int, hi: int) -> int:
+    """An integer in [lo, hi]; whole floats such as 4.0 are accepted, anything else is refused."""
+    if isinstance(value, bool) or value is None:
+        raise InputError(f"{name} must be a whole number from {lo} to {hi}, got {value!r}.")
+    if isinstance(value, float | np.floating):
+        if not math.isfinite(value) or not float(value).is_integer():
+            raise InputError(f"{name} must be a whole number from {lo} to {hi}, got {value!r}.")
+        value = int(value)
+    if not isinstance(value, int | np.integer):
+        raise InputError(f"{name} must be a whole number from {lo} to {hi}, got {type(value).__name__} {value!r}.")
+    if not lo <= int(value) <= hi:
+        raise InputError(f"{name} must be from {lo} to {hi}, got {int(value)}.")
+    return int(value)
+
+
+def check_float(value: Any, name: str, lo: float, hi: float) -> float:
+    """A finite number in [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise InputError(f"{name} must be a number from {lo:g} to {hi:g}, got {value!r}.")
+    value = float(value)
+    if not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number from {lo:g} to {hi:g}, got {value!r}.")
+    if not lo <= value <= hi:
+        raise InputError(f"{name} must be from {lo:g} to {hi:g}, got {value:g}.")
+    return value
+
+
+def check_mode(mode: Any) -> str:
+    """'handover' or 'truncate' (also accepts 'hand-over')."""
+    m = mode.replace("-", "").replace(" ", "").lower() if isinstance(mode, str) else mode
+    if m not in MODES:
+        raise InputError(f"mode must be 'handover' or 'truncate', got {mode!r}.")
+    return m
+
+
+def check_sigma_c(value: Any, pair: ModelPair) -> float:
+    """sigma_c in [sigma_min, sigma_max] of the pair (its two ends: Ambient alone, baseline alone)."""
+    lo, hi = pair.sigma_min, pair.sigma_max
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise InputError(f"sigma_c must be a number from {lo:g} to {hi:g}, got {value!r}.")
+    v = float(value)
+    if not math.isfinite(v) or not lo * (1 - 1e-6) <= v <= hi * (1 + 1e-6):
+        raise InputError(
+            f"sigma_c must be a finite number from {lo:g} (Ambient alone) to {hi:g} (baseline alone), got {value!r}."
+        )
+    return min(max(v, lo), hi)
+
+
+def slider_range(pair: ModelPair) -> tuple[float, float]:
+    """The cutoff slider's ends in log10(sigma), rounded outwards to 0.01."""
+    return math.floor(math.log10(pair.sigma_min) * 100) / 100, math.ceil(math.log10(pair.sigma_max) * 100) / 100
+
+
+def sigma_from_slider(value: Any, pair: ModelPair) -> float:
+    """The sigma_c a log10 slider position stands for, clamped to the pair's range."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InputError(f"the cutoff slider position must be a finite number, got {value!r}.")
+    return min(max(10.0 ** float(value), pair.sigma_min), pair.sigma_max)
+
+
+def cutoff_label(sigma_c: float, pair: ModelPair, mode: str = "handover") -> str:
+    """What a cutoff means, in words, for the label under the slider."""
+    sn = f" (the Ambient model was trained with sigma_n = {pair.sigma_n:g})" if pair.sigma_n else ""
+    if mode == "truncate":
+        what = "the full Ambient run" if sigma_c <= pair.sigma_min else f"Ambient run stopped at sigma = {sigma_c:.3g}"
+        return f"**sigma_c = {sigma_c:.3g}**: {what}, showing its estimate x0_hat{sn}."
+    if sigma_c <= pair.sigma_min * (1 + 1e-6):
+        what = "**Ambient alone** (left end)"
+    elif sigma_c >= pair.sigma_max * (1 - 1e-6):
+        what = "**baseline alone** (right end)"
+    else:
+        what = f"Ambient for sigma >= {sigma_c:.3g}, baseline below"
+    return f"**sigma_c = {sigma_c:.3g}**: {what}{sn}."
+
+
+# ----------------------------------------------------------------------------- uploads
+
+
+def _open_image(source: Any) -> Image.Image:
+    """A PIL image from a path, bytes or a base64 / data-URL string, size-checked before decoding."""
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        return Image.fromarray(source)
+    if isinstance(source, bytes | bytearray):
+        if len(source) > MAX_UPLOAD_BYTES:
+            raise InputError(f"The file is {len(source) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES >> 20} MB.")
+        fp: Any = io.BytesIO(source)
+    elif isinstance(source, str | Path):
+        p = Path(source)
+        if not p.is_file():
+            raise InputError("The uploaded file could not be found on the server; upload it again.")
+        if p.stat().st_size > MAX_UPLOAD_BYTES:
+            raise InputError(
+                f"The file is {p.stat().st_size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES >> 20} MB."
+            )
+        fp = p
+    else:
+        raise InputError(f"Expected an image file, got {type(source).__name__}.")
+    try:
+        im = Image.open(fp)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise InputError("This file is not an image that can be read (use PNG, JPEG, WebP, BMP or GIF).") from e
+    w, h = im.size
+    if w * h > MAX_UPLOAD_PIXELS:
+        raise InputError(f"The image is {w}x{h} = {w * h:,} pixels; the limit is 4096x4096 ({MAX_UPLOAD_PIXELS:,}).")
+    if w < 1 or h < 1:
+        raise InputError("The image is empty (0 pixels).")
+    try:
+        im.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise InputError(f"The image file is truncated or corrupt and cannot be decoded ({e}).") from e
+    return im
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float images to 8 bits by their value range (PIL's own conversion clips them)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        if im.mode == "F" and a.max(initial=0) <= 1.0:
+            top = 1.0
+        return Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    return im
+
+
+def image_to_model_input(source: Any, shape: Sequence[int]) -> torch.Tensor:
+    """Any readable image as a (1, C, H, W) tensor in [-1, 1]: oriented, flattened on black, resized with its
+    aspect ratio kept and padded with black (the training images' background)."""
+    from ambient.data import from_uint8
+
+    c, h, w = (int(s) for s in shape)
+    im = _open_image(source)
+    if getattr(im, "n_frames", 1) > 1:
+        im.seek(0)
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # broken EXIF: keep the pixels as they are
+        pass
+    im = _to_8bit(im)
+    if im.mode in ("P", "PA", "LA", "RGBA") or "transparency" in im.info:
+        im = im.convert("RGBA")
+        canvas = Image.new("RGBA", im.size, (0, 0, 0, 255))
+        im = Image.alpha_composite(canvas, im)
+    im = im.convert("L" if c == 1 else "RGB")
+    scale = min(w / im.width, h / im.height)
+    size = (max(1, min(w, round(im.width * scale))), max(1, min(h, round(im.height * scale))))
+    im = im.resize(size, Image.LANCZOS if scale < 1 else Image.BICUBIC)
+    canvas = Image.new(im.mode, (w, h), 0)
+    canvas.paste(im, ((w - size[0]) // 2, (h - size[1]) // 2))
+    arr = np.asarray(canvas, dtype=np.uint8)
+    return from_uint8(arr[None])
+
+
+def decode_base64_image(data: Any) -> bytes:
+    """Bytes of a base64 string or data URL (``data:image/png;base64,...``)."""
+    if not isinstance(data, str) or not data.strip():
+        raise InputError("image must be a non-empty base64 string (or a data: URL) of a PNG/JPEG file.")
+    if len(data) > MAX_UPLOAD_BYTES * 4 // 3 + 1024:
+        raise InputError(f"The image is larger than {MAX_UPLOAD_BYTES >> 20} MB.")
+    payload = data.split(",", 1)[1] if data.startswith("data:") else data
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InputError("image is not valid base64.") from e
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class Sample:
+    """One generated image, its verdict and the similarity of its x0_hat along the sampling run."""
+
+    seed: int
+    image: np.ndarray  # uint8 (H, W, C)
+    verdict: Any  # ambient.neighbours.Verdict
+    trajectory: list[dict[str, float]] = field(default_factory=list)  # sigma, similarity, position, model
+
+
+@dataclass
+class GenerateResult:
+    """Both sides of one side-by-side request."""
+
+    pair: str
+    prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    sigma_c: float
+    mode: str
+    ambient: list[Sample]
+    baseline: list[Sample]
+    threshold: float
+    metric: str
+    sigma_n: float | None
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    cached: bool = False
+
+
+@dataclass
+class CheckResult:
+    """Nearest training images of one query image."""
+
+    query: np.ndarray  # uint8 (H, W, C), what the index saw
+    verdict: Any
+    threshold: float
+    metric: str
+
+
+@dataclass
+class SweepView:
+    """Rows of a sigma_c sweep plus what to say about them."""
+
+    rows: list[dict[str, Any]]
+    sigma_n: float | None
+    markdown: str
+    plot: Image.Image | None = None
+
+
+def _u8(images: torch.Tensor) -> np.ndarray:
+    from ambient.data import to_uint8
+
+    return to_uint8(images.float().cpu())
+
+
+def upscale(image: np.ndarray, size: int = DISPLAY_SIZE) -> Image.Image:
+    """A (H, W, C) uint8 image as a PIL image scaled by nearest neighbour to ``size`` pixels high."""
+    a = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+    im = Image.fromarray(np.ascontiguousarray(a))
+    factor = max(1, size // max(1, im.height))
+    return im.resize((im.width * factor, im.height * factor), Image.NEAREST)
+
+
+def _threshold(pair: ModelPair) -> float:
+    return float(getattr(pair.index, "threshold", 0.95))
+
+
+def _metric(pair: ModelPair) -> str:
+    name = getattr(pair.index, "embedder_name", None) or "pixels"
+    return f"cosine similarity of {name} features"
+
+
+def _png_b64(image: np.ndarray) -> str:
+    buf = io.BytesIO()
+    upscale(image, image.shape[0]).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _neighbours_json(v: Any) -> list[dict[str, Any]]:
+    return [
+        {"id": int(n.id), "position": int(n.position), "similarity": round(float(n.similarity), 4)}
+        for n in v.neighbours
+    ]
+
+
+def verdict_json(v: Any) -> dict[str, Any]:
+    """A verdict as JSON-ready data."""
+    return {
+        "similarity": round(float(v.similarity), 4),
+        "ratio": round(float(v.ratio), 4),
+        "is_copy": bool(v.is_copy),
+        "copy_by_ratio": bool(v.copy_by_ratio),
+        "neighbours": _neighbours_json(v),
+    }
+
+
+# ----------------------------------------------------------------------------- the handlers
+
+
+class Handlers:
+    """The app's operations over a registry of model pairs; every public method is a plain function."""
+
+    def __init__(self, registry: PairRegistry, cache_size: int = 32):
+        self.registry = registry
+        self._cache: OrderedDict[tuple, GenerateResult] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self._text_lock = threading.Lock()
+
+    # -- pairs
+    def pair(self, name: str | None) -> ModelPair:
+        """The loaded pair, or an InputError that says what is wrong with it and how to fix it."""
+        if name is not None and not isinstance(name, str):
+            raise InputError(f"pair must be a name (string), got {type(name).__name__}.")
+        try:
+            return self.registry.get(name or None)
+        except PairError as e:
+            raise InputError(str(e)) from e
+
+    def pair_status(self, name: str | None) -> str:
+        """Markdown describing the pair, or what is wrong with it."""
+        try:
+            return self.registry.get(name or None).describe()
+        except PairError as e:
+            return e.markdown()
+
+    # -- text
+    def _cond(self, pair: ModelPair, prompt: str, n: int) -> torch.Tensor | None:
+        if not prompt or not pair.cond_dim:
+            return None
+        from ambient.text import get_text_encoder
+
+        try:
+            with self._text_lock:
+                enc = get_text_encoder(pair.text_model)
+                if enc.dim != pair.cond_dim:
+                    raise InputError(
+                        f"The text encoder {pair.text_model} gives {enc.dim}-d vectors but the models expect "
+                        f"{pair.cond_dim}: fix 'text_model' of pair {pair.name}."
+                    )
+                e = enc.encode([prompt])
+        except (ImportError, OSError) as err:
+            raise InputError(f"The text encoder {pair.text_model} could not be loaded: {err}") from err
+        return e.expand(n, -1).clone()
+
+    # -- 1, 2, 3, 5: generate side by side
+    def generate(
+        self,
+        pair: str | None = None,
+        prompt: Any = "",
+        seed: Any = 0,
+        n_images: Any = 4,
+        steps: Any = 18,
+        guidance: Any = 1.0,
+        sigma_c: Any = None,
+        mode: Any = "handover",
+        k: Any = DEFAULT_K,
+        on_step: StepCallback | None = None,
+    ) -> GenerateResult:
+        """Ambient (with the cutoff) and baseline from the same seeds, with neighbours and x0_hat trajectories."""
+        from ambient.sampling import sample
+
+        p = self.pair(pair)
+        prompt, capped = check_prompt(prompt)
+        seed = check_int(seed, "seed", 0, MAX_SEED)
+        n = check_int(n_images, "number of images", 1, MAX_IMAGES)
+        steps = check_int(steps, "steps", 1, MAX_STEPS)
+        guidance = check_float(guidance, "guidance scale", 0.0, MAX_GUIDANCE)
+        mode = check_mode(mode)
+        k = check_int(k, "number of neighbours", 1, min(10, len(p.train)))
+        sc = p.sigma_min if sigma_c is None else check_sigma_c(sigma_c, p)
+        notes = []
+        if capped:
+            notes.append(f"The prompt was cut to {MAX_PROMPT_CHARS} characters.")
+        if prompt and not p.cond_dim:
+            notes.append("This pair is unconditional: the prompt is ignored.")
+            prompt = ""
+        key = (p.name, prompt, seed, n, steps, guidance, sc, mode, k)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return GenerateResult(**{**hit.__dict__, "cached": True})
+
+        t0 = time.perf_counter()
+        seeds = [(seed + i) % (MAX_SEED + 1) for i in range(n)]
+        cond = self._cond(p, prompt, n)
+        # The right end of the slider means "baseline alone": a cutoff just above the first sigma.
+        sc_run = math.nextafter(p.sigma_max, math.inf) if sc >= p.sigma_max and mode == "handover" else sc
+        records: dict[str, list[tuple[float, torch.Tensor]]] = {"ambient": [], "baseline": []}
+
+        def recorder(side: str, total: int) -> Callable[[dict[str, Any]], None]:
+            def cb(info: dict[str, Any]) -> None:
+                d = info["denoised"].detach().float().cpu()
+                records[side].append((float(info["sigma"]), d))
+                if on_step is not None:
+                    on_step(side, {"i": int(info["i"]), "total": total, "sigma": float(info["sigma"]), "denoised": d})
+
+            return cb
+
+        common = {"seeds": seeds, "shape": p.image_shape, "cond": cond, "steps": steps, "guidance": guidance}
+        common |= {"sigma_min": p.sigma_min, "sigma_max": p.sigma_max}
+        total_a = steps if mode == "handover" else max(1, sum(1 for _ in _schedule_above(p, steps, sc_run)))
+        try:
+            x_a = sample(
+                p.ambient, p.baseline, sigma_c=sc_run, mode=mode, callback=recorder("ambient", total_a), **common
+            )
+            x_b = sample(p.baseline, None, sigma_c=0.0, mode="handover", callback=recorder("baseline", steps), **common)
+        except (ValueError, RuntimeError) as e:
+            raise InputError(f"Sampling failed: {e}") from e
+        v_a = p.index.verdicts(x_a.float().cpu(), k=k)
+        v_b = p.index.verdicts(x_b.float().cpu(), k=k)
+        traj = {side: self._trajectories(p, records[side], n, sc_run, mode, side) for side in records}
+        u_a, u_b = _u8(x_a), _u8(x_b)
+        result = GenerateResult(
+            pair=p.name,
+            prompt=prompt,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            sigma_c=sc,
+            mode=mode,
+            ambient=[Sample(s, u_a[i], v_a[i], traj["ambient"][i]) for i, s in enumerate(seeds)],
+            baseline=[Sample(s, u_b[i], v_b[i], traj["baseline"][i]) for i, s in enumerate(seeds)],
+            threshold=_threshold(p),
+            metric=_metric(p),
+            sigma_n=p.sigma_n,
+            seconds=time.perf_counter() - t0,
+            notes=notes,
+        )
+        with self._lock:
+            self._cache[key] = result
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return result
+
+    @staticmethod
+    def _trajectories(
+        p: ModelPair, rec: list[tuple[float, torch.Tensor]], n: int, sc: float, mode: str, side: str
+    ) -> list[list[dict[str, Any]]]:
+        """Per image: nearest-training-image similarity of x0_hat at every recorded step (one index search)."""
+        out: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+        if not rec:
+            return out
+        stack = torch.cat([d for _, d in rec]).clamp(-1, 1)
+        sims, pos = p.index.search(stack, 1)
+        sims, pos = np.asarray(sims).reshape(len(rec), n), np.asarray(pos).reshape(len(rec), n)
+        for step, (sigma, _) in enumerate(rec):
+            model = side if side == "baseline" or mode == "truncate" else ("ambient" if sigma >= sc else "baseline")
+            for i in range(n):
+                j = int(pos[step, i])
+                out[i].append(
+                    {
+                        "sigma": sigma,
+                        "similarity": float(sims[step, i]),
+                        "position": j,
+                        "id": int(p.train.ids[j]),
+                        "model": model,
+                    }
+                )
+        return out
+
+    # -- 6: check an image
+    def check_image(self, pair: str | None, image: Any, k: Any = DEFAULT_K) -> CheckResult:
+        """Nearest training images of an uploaded image (path, bytes, base64 handled by the caller, PIL, array)."""
+        p = self.pair(pair)
+        k = check_int(k, "number of neighbours", 1, min(10, len(p.train)))
+        if image is None:
+            raise InputError("Upload an image first (PNG, JPEG, WebP...).")
+        x = image_to_model_input(image, p.image_shape)
+        v = p.index.verdicts(x, k=k)[0]
+        return CheckResult(_u8(x)[0], v, _threshold(p), _metric(p))
+
+    def check_training_image(self, pair: str | None, position: Any, k: Any = DEFAULT_K) -> CheckResult:
+        """Nearest training images of training image ``position`` (itself first, similarity 1)."""
+        p = self.pair(pair)
+        pos = check_int(position, "training image position", 0, len(p.train) - 1)
+        k = check_int(k, "number of neighbours", 1, min(10, len(p.train)))
+        x = p.train.images[pos : pos + 1]
+        v = p.index.verdicts(x, k=k)[0]
+        return CheckResult(_u8(x)[0], v, _threshold(p), _metric(p))
+
+    def training_gallery(self, pair: str | None) -> list[tuple[Image.Image, str]]:
+        """Thumbnails of the pair's training images with their ids."""
+        p = self.pair(pair)
+        u8 = _u8(p.train.images)
+        return [(upscale(u8[i], THUMB_SIZE), f"#{p.train.ids[i]}") for i in range(len(u8))]
+
+    # -- 4: the trade-off
+    def precomputed_sweep(self, pair: str | None) -> SweepView:
+        """The sweep shipped with the pair (rows, its plot if any, and what it was measured with)."""
+        p = self.pair(pair)
+        if not p.sweep:
+            return SweepView(
+                [],
+                p.sigma_n,
+                f"No precomputed sweep ships with **{p.spec.label}**. Compute one with `python -m ambient evaluate`"
+                " and name it in the pair's `sweep` entry, or use the live recompute below.",
+            )
+        s = p.sweep
+        bits = [f"{k.replace('_', ' ')}: {s[k]}" for k in ("sweep_n", "steps", "embedder", "threshold") if k in s]
+        note = s.get("quality", "")
+        md = (
+            f"Precomputed sweep of **{p.spec.label}** ({len(s['sweep'])} cutoffs; {'; '.join(bits)}). "
+            f"Left end: Ambient alone; right end (past sigma_max): baseline alone. {note}"
+        )
+        plot = None
+        if p.sweep_plot is not None:
+            try:
+                with Image.open(p.sweep_plot) as im:
+                    plot = im.convert("RGB")
+            except (OSError, ValueError):
+                plot = None
+        return SweepView(list(s["sweep"]), s.get("sigma_n", p.sigma_n), md, plot)
+
+    def live_sweep(
+        self,
+        pair: str | None,
+        n_seeds: Any = 16,
+        points: Any = 5,
+        steps: Any = 18,
+        seed: Any = 10_000,
+        progress: Callable[[float, str], None] | None = None,
+    ) -> SweepView:
+        """Recompute the hand-over sweep now with ``ambient.evaluate.sweep_cutoff`` on ``n_seeds`` seeds."""
+        p = self.pair(pair)
+        n = check_int(n_seeds, "number of seeds", 1, MAX_SWEEP_SEEDS)
+        points = check_int(points, "number of cutoffs", 2, 12)
+        steps = check_int(steps, "steps", 1, MAX_STEPS)
+        seed = check_int(seed, "seed", 0, MAX_SEED - MAX_SWEEP_SEEDS)
+        try:
+            from ambient import evaluate
+
+            sweep_cutoff = evaluate.sweep_cutoff
+        except (ImportError, AttributeError) as e:
+            raise InputError(
+                "The live recompute needs ambient.evaluate.sweep_cutoff, which this version of the library does "
+                f"not provide ({e}). The precomputed curve above still applies."
+            ) from e
+        t0 = time.perf_counter()
+        cutoffs = evaluate.log_cutoffs(points, p.sigma_min, p.sigma_max, [p.sigma_n] if p.sigma_n else [])
+        class_names = (p.train.class_names or None) if p.cond_dim else None
+        prompts, class_ids = evaluate.prompt_plan(n, class_names)
+        cond = self._cond_many(p, prompts)
+        kwargs: dict[str, Any] = {"cond": cond, "steps": steps, "progress": progress}
+        params = inspect.signature(sweep_cutoff).parameters
+        if "class_ids" in params and class_names:
+            kwargs["class_ids"] = class_ids
+        if "reference" in params and p.reference is not None:
+            kwargs["reference"] = p.reference.images
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+        try:
+            rows = sweep_cutoff(p.ambient, p.baseline, p.index, cutoffs, list(range(seed, seed + n)), **kwargs)
+        except (ValueError, RuntimeError, ImportError) as e:
+            raise InputError(f"The live sweep failed: {e}") from e
+        md = (
+            f"Live sweep of **{p.spec.label}**: {n} seeds x {len(cutoffs)} cutoffs, {steps} Heun steps, "
+            f"{time.perf_counter() - t0:.1f} s. Few seeds give noisy rates; the precomputed curve used more."
+        )
+        if p.reference is None:
+            md += " Quality needs held-out images (`reference_data` in the config): memorization only here."
+        return SweepView(rows, p.sigma_n, md)
+
+    def _cond_many(self, p: ModelPair, prompts: list[str]) -> torch.Tensor | None:
+        if not p.cond_dim or not any(prompts):
+            return None
+        from ambient.text import get_text_encoder
+
+        with self._text_lock:
+            return get_text_encoder(p.text_model).encode(prompts)
+
+
+def _schedule_above(p: ModelPair, steps: int, sc: float) -> list[float]:
+    """The sigmas a truncated run evaluates (for the progress bar's length)."""
+    from ambient.sampling import karras_sigmas, truncate_sigmas
+
+    return truncate_sigmas(karras_sigmas(steps, p.sigma_min, p.sigma_max), sc)[:-1].tolist()
+
+
+# ----------------------------------------------------------------------------- presentation (plain data)
+
+
+def sample_caption(s: Sample) -> str:
+    """Caption under a generated image: the copy mark and its nearest training image's similarity."""
+    return f"{'COPY' if s.verdict.is_copy else 'novel'} {float(s.verdict.similarity):.2f}"
+
+
+def gallery_items(result: GenerateResult, side: str) -> list[tuple[Image.Image, str]]:
+    """(image upscaled for display, caption) for one side of a result."""
+    samples = result.ambient if side == "ambient" else result.baseline
+    return [(upscale(s.image), sample_caption(s)) for s in samples]
+
+
+def preview_items(denoised: torch.Tensor, info: dict[str, Any]) -> list[tuple[Image.Image, str]]:
+    """Gallery items for an intermediate x0_hat."""
+    u8 = _u8(denoised.clamp(-1, 1))
+    cap = f"x0_hat, step {info['i'] + 1}/{info['total']}, sigma {info['sigma']:.3g}"
+    return [(upscale(a), cap) for a in u8]
+
+
+def copies_line(result: GenerateResult) -> str:
+    """One line per model: how many of this batch are copies."""
+    n = len(result.ambient)
+    a = sum(bool(s.verdict.is_copy) for s in result.ambient)
+    b = sum(bool(s.verdict.is_copy) for s in result.baseline)
+    ra = sum(bool(s.verdict.copy_by_ratio) for s in result.ambient)
+    rb = sum(bool(s.verdict.copy_by_ratio) for s in result.baseline)
+    return (
+        f"- **Ambient**{_side_note(result)}: **{a} of {n}** are copies (ratio test: {ra} of {n})\n"
+        f"- **Baseline** (alone): **{b} of {n}** are copies (ratio test: {rb} of {n})"
+    )
+
+
+def _side_note(result: GenerateResult) -> str:
+    if result.mode == "truncate":
+        return f" (truncated at sigma_c = {result.sigma_c:.3g})"
+    return f" (hand-over at sigma_c = {result.sigma_c:.3g})"
+
+
+def summary_markdown(result: GenerateResult) -> str:
+    """The copies per model, how a copy is decided and what was run."""
+    prompt = f'"{escape(result.prompt)}"' if result.prompt else "(empty: unconditional)"
+    lines = [
+        copies_line(result),
+        "",
+        f"A **copy** is an image whose nearest training image has {result.metric} > **{result.threshold:g}**. "
+        "The ratio test (pixel distance to nearest / second nearest < 1/3) is shown for comparison.",
+        f"Prompt {prompt}, seeds {result.ambient[0].seed}..{result.ambient[-1].seed}, {result.steps} Heun steps, "
+        f"guidance {result.guidance:g}, {'cached' if result.cached else f'{result.seconds:.1f} s'}.",
+    ]
+    lines += [f"*{n}*" for n in result.notes]
+    return "\n".join(lines)
+
+
+def neighbour_rows(result: GenerateResult, side: str, pair: ModelPair) -> list[dict[str, Any]]:
+    """Per generated image: the image and its nearest training images with captions (plain data)."""
+    samples = result.ambient if side == "ambient" else result.baseline
+    train_u8 = _u8(pair.train.images)
+    rows = []
+    for i, s in enumerate(samples):
+        nbs = [
+            {
+                "image": train_u8[int(nb.position)],
+                "id": int(nb.id),
+                "similarity": float(nb.similarity),
+                "caption": f"train #{nb.id}: {float(nb.similarity):.3f}",
+                "copy": bool(s.verdict.is_copy) and j == 0,
+            }
+            for j, nb in enumerate(s.verdict.neighbours)
+        ]
+        rows.append({"index": i, "seed": s.seed, "image": s.image, "copy": bool(s.verdict.is_copy), "neighbours": nbs})
+    return rows
+
+
+def _img_tag(image: np.ndarray, size: int, cls: str = "", title: str = "") -> str:
+    buf = io.BytesIO()
+    upscale(image, size).save(buf, format="PNG")
+    b64 = base64.b64encode(buf.getvalue()).decode("ascii")
+    return (
+        f'<img src="data:image/png;base64,{b64}" width="{size}" height="{size}" class="{cls}" '
+        f'alt="{escape(title)}" title="{escape(title)}">'
+    )
+
+
+def neighbours_html(rows: list[dict[str, Any]], heading: str) -> str:
+    """The neighbour panel of one side: each image, then its nearest training images and similarities."""
+    parts = [f'<div class="nn-panel"><div class="nn-heading">{escape(heading)}</div>']
+    for r in rows:
+        badge = '<span class="nn-copy">COPY</span>' if r["copy"] else '<span class="nn-novel">novel</span>'
+        title = f"image {r['index'] + 1}, seed {r['seed']}"
+        cells = [
+            f'<figure class="nn-sample">{_img_tag(r["image"], 64, "copy" if r["copy"] else "", title)}'
+            f"<figcaption>#{r['index'] + 1} {badge}</figcaption></figure>"
+        ]
+        for nb in r["neighbours"]:
+            cls = "nn-hit" if nb["copy"] else ""
+            cells.append(
+                f'<figure class="nn-train">{_img_tag(nb["image"], 48, cls, nb["caption"])}'
+                f'<figcaption>#{nb["id"]}<br><span class="nn-sim">{nb["similarity"]:.3f}</span></figcaption></figure>'
+            )
+        parts.append(f'<div class="nn-row">{"".join(cells)}</div>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def result_json(result: GenerateResult, with_images: bool = False) -> dict[str, Any]:
+    """The result as JSON-ready data (images as base64 PNG when asked)."""
+
+    def side(samples: list[Sample]) -> list[dict[str, Any]]:
+        out = []
+        for s in samples:
+            d = {"seed": s.seed, **verdict_json(s.verdict)}
+            if with_images:
+                d["png_base64"] = _png_b64(s.image)
+            out.append(d)
+        return out
+
+    return {
+        "pair": result.pair,
+        "prompt": result.prompt,
+        "seed": result.seed,
+        "seeds": [s.seed for s in result.ambient],
+        "steps": result.steps,
+        "guidance": result.guidance,
+        "sigma_c": result.sigma_c,
+        "mode": result.mode,
+        "sigma_n": result.sigma_n,
+        "threshold": result.threshold,
+        "metric": result.metric,
+        "copies": {
+            "ambient": sum(bool(s.verdict.is_copy) for s in result.ambient),
+            "baseline": sum(bool(s.verdict.is_copy) for s in result.baseline),
+        },
+        "ambient": side(result.ambient),
+        "baseline": side(result.baseline),
+        "seconds": round(result.seconds, 3),
+        "notes": result.notes,
+    }
+
+
+def check_items(result: CheckResult, pair: ModelPair) -> list[tuple[Image.Image, str]]:
+    """Gallery items: the nearest training images of a checked image with similarities."""
+    train_u8 = _u8(pair.train.images)
+    return [
+        (upscale(train_u8[int(nb.position)]), f"train #{nb.id}: {float(nb.similarity):.3f}")
+        for nb in result.verdict.neighbours
+    ]
+
+
+def check_markdown(result: CheckResult) -> str:
+    """Is this a copy? In words, with threshold and metric."""
+    v = result.verdict
+    top = v.neighbours[0]
+    if v.is_copy:
+        head = f"### COPY: training image #{top.id} ({float(v.similarity):.3f} > {result.threshold:g})"
+    else:
+        head = (
+            f"### Not a copy: nearest is training image #{top.id} ({float(v.similarity):.3f} <= {result.threshold:g})"
+        )
+    ratio = "yes" if v.copy_by_ratio else "no"
+    return (
+        f"{head}\n\nMetric: {result.metric}; copy when the nearest is above {result.threshold:g}. "
+        f"Ratio test (pixel distance nearest / second < 1/3): {float(v.ratio):.3f}, copy by ratio: {ratio}."
+    )
+
+
+def sweep_table(
+    rows: list[dict[str, Any]], sigma_min: float | None = None, sigma_max: float | None = None
+) -> tuple[list[str], list[list[Any]]]:
+    """Headers and rows for a table of a sweep (missing values stay empty); the ends are named when known."""
+    keys = sorted({k for r in rows for k in (r.get("rate_similarity") or {})}, key=float, reverse=True)
+    headers = ["sigma_c", "models", *[f"copies, cos > {k} (%)" for k in keys]]
+    headers += ["copies, ratio test (%)", "mean nearest cos"]
+    extra = [(k, t) for k, t in (("frechet_distance", "Frechet distance"), ("prompt_fidelity", "prompt fidelity (%)"))]
+    extra = [(k, t) for k, t in extra if any(k in r for r in rows)]
+    headers += [t for _, t in extra]
+    out = []
+    for r in rows:
+        sc = float(r["sigma_c"])
+        if sigma_max is not None and sc > sigma_max:
+            what = "baseline alone"
+        elif sigma_min is not None and sc <= sigma_min:
+            what = "Ambient alone"
+        else:
+            what = "hand-over"
+        rs = r.get("rate_similarity") or {}
+        line: list[Any] = [round(sc, 4), what, *[_pct(rs.get(k)) for k in keys]]
+        line += [_pct(r.get("rate_ratio")), _num(r.get("mean_similarity"))]
+        line += [_pct(r.get(k)) if k == "prompt_fidelity" else _num(r.get(k)) for k, _ in extra]
+        out.append(line)
+    return headers, out
+
+
+def _pct(v: Any) -> float | None:
+    return None if not isinstance(v, int | float) else round(100 * float(v), 1)
+
+
+def _num(v: Any) -> float | None:
+    return None if not isinstance(v, int | float) else round(float(v), 3)
+
+
+def device_banner(device: str) -> str:
+    """CPU or GPU, in one line."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"Running on **GPU** ({escape(torch.cuda.get_device_name(0))})."
+    n = torch.get_num_threads()
+    return (
+        f"Running on **CPU** ({os.cpu_count()} cores, {n} torch thread{'s' if n != 1 else ''}): a batch takes seconds."
+    )

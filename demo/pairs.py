@@ -1,0 +1,582 @@
+"""What a model pair is (two denoisers, a text encoder, the training images and their index) and how one is
+loaded and checked from a ``pairs.json`` config.
+
+Config format (paths relative to the config file's folder; ``hub:owner/name`` for a Hugging Face hub id)::
+
+    {"default": "fmnist-100",
+     "pairs": [{"name": "fmnist-100", "title": "Fashion-MNIST, 100 training images", "kind": "edm",
+                "ambient": "fmnist-100/ambient", "baseline": "fmnist-100/baseline",
+                "train_data": "fmnist-100/train.npz", "index": "fmnist-100/index",
+                "sweep": "fmnist-100/eval/sweep.json", "sweep_plot": "fmnist-100/eval/sweep.png",
+                "text_model": "all-MiniLM-L6-v2"}]}
+
+Optional keys: ``sigma_n`` (else read from the Ambient model's config meta), ``reference_data`` (held-out
+images, .npz, for the live quality score), ``description`` (markdown). ``kind`` is ``edm`` (folders written by
+``EDMDenoiser.save_pretrained``) or ``diffusers`` (DDPM pipeline folders: ``unet/`` + ``scheduler/``).
+A pair that cannot be loaded raises ``PairError`` saying what is wrong and how to fix it; other pairs are
+unaffected.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+HUB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+HUB_PREFIX = "hub:"
+KINDS = ("edm", "diffusers")
+PATH_FIELDS = ("ambient", "baseline", "train_data", "index", "sweep", "sweep_plot", "reference_data")
+KNOWN_KEYS = {"name", "title", "kind", "text_model", "sigma_n", "description", *PATH_FIELDS}
+
+
+class ConfigError(Exception):
+    """The config file as a whole cannot be read."""
+
+
+class PairError(Exception):
+    """A pair that cannot be used: what is wrong (``problem``) and how to fix it (``fix``)."""
+
+    def __init__(self, pair: str, problem: str, fix: str = ""):
+        self.pair, self.problem, self.fix = pair, problem, fix
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"Model pair '{self.pair}': {self.problem}" + (f" How to fix: {self.fix}" if self.fix else "")
+
+    def markdown(self) -> str:
+        """The message as markdown for the status panel."""
+        fix = f"\n\n**How to fix:** {self.fix}" if self.fix else ""
+        return f"**Model pair `{self.pair}` cannot be used.** {self.problem}{fix}"
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """One entry of the config, not yet loaded."""
+
+    name: str
+    kind: str
+    ambient: str
+    baseline: str
+    train_data: str
+    base_dir: Path
+    title: str = ""
+    index: str | None = None
+    sweep: str | None = None
+    sweep_plot: str | None = None
+    reference_data: str | None = None
+    text_model: str | None = None
+    sigma_n: float | None = None
+    description: str = ""
+    config_path: Path | None = None
+
+    @property
+    def label(self) -> str:
+        """What the pair dropdown shows."""
+        return self.title or self.name
+
+
+@dataclass
+class PairsConfig:
+    """A parsed config: the good entries, the broken ones (by name) and the default pair."""
+
+    specs: list[PairSpec]
+    default: str | None
+    errors: dict[str, PairError] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def _is_hub(value: str) -> bool:
+    return value.startswith(HUB_PREFIX)
+
+
+def parse_config(data: Any, base_dir: str | Path, path: Path | None = None) -> PairsConfig:
+    """Check the structure of a config dict; entries with errors go to ``errors`` instead of ``specs``."""
+    where = str(path) if path else "the config"
+    if not isinstance(data, dict) or not isinstance(data.get("pairs"), list):
+        raise ConfigError(f'{where} must be a JSON object with a "pairs" list, e.g. {{"pairs": [{{"name": ...}}]}}')
+    base = Path(base_dir)
+    specs: list[PairSpec] = []
+    errors: dict[str, PairError] = {}
+    seen: set[str] = set()
+    for i, entry in enumerate(data["pairs"]):
+        label = f"#{i + 1}"
+        try:
+            if not isinstance(entry, dict):
+                raise PairError(label, f"entry {i + 1} of {where} is not a JSON object.", "Write it as {...}.")
+            name = entry.get("name")
+            if not isinstance(name, str) or not NAME_RE.match(name):
+                raise PairError(
+                    label,
+                    f"entry {i + 1} has no valid name ({name!r}).",
+                    "Give it a name of letters, digits, '.', '_' or '-' (at most 64 characters).",
+                )
+            label = name
+            if name in seen:
+                specs = [s for s in specs if s.name != name]
+                raise PairError(name, f"the name appears twice in {where}.", "Give every pair its own name.")
+            seen.add(name)
+            unknown = sorted(set(entry) - KNOWN_KEYS)
+            if unknown:
+                raise PairError(name, f"unknown keys {unknown}.", f"Use only {sorted(KNOWN_KEYS)}.")
+            kind = entry.get("kind", "edm")
+            if kind not in KINDS:
+                raise PairError(name, f"kind {kind!r} is not supported.", f"Use one of {list(KINDS)}.")
+            for key in ("ambient", "baseline", "train_data"):
+                if not isinstance(entry.get(key), str) or not entry[key].strip():
+                    raise PairError(name, f'"{key}" is missing.', f'Add "{key}": "<path relative to {where}>".')
+            for key in PATH_FIELDS:
+                if key in entry and entry[key] is not None and not isinstance(entry[key], str):
+                    raise PairError(name, f'"{key}" must be a string path.', "Write the path as a JSON string.")
+            if _is_hub(entry["train_data"]):
+                raise PairError(name, '"train_data" must be a local .npz file, not a hub id.', "Point it at a file.")
+            sigma_n = entry.get("sigma_n")
+            if sigma_n is not None and (
+                isinstance(sigma_n, bool)
+                or not isinstance(sigma_n, int | float)
+                or not math.isfinite(sigma_n)
+                or sigma_n <= 0
+            ):
+                raise PairError(name, f'"sigma_n" must be a positive number, got {sigma_n!r}.', "Fix or remove it.")
+            for key in ("title", "text_model", "description"):
+                if entry.get(key) is not None and not isinstance(entry[key], str):
+                    raise PairError(name, f'"{key}" must be a string.', "Write it as a JSON string.")
+            specs.append(
+                PairSpec(
+                    name=name,
+                    kind=kind,
+                    ambient=entry["ambient"].strip(),
+                    baseline=entry["baseline"].strip(),
+                    train_data=entry["train_data"].strip(),
+                    base_dir=base,
+                    title=entry.get("title") or "",
+                    index=entry.get("index"),
+                    sweep=entry.get("sweep"),
+                    sweep_plot=entry.get("sweep_plot"),
+                    reference_data=entry.get("reference_data"),
+                    text_model=entry.get("text_model"),
+                    sigma_n=None if sigma_n is None else float(sigma_n),
+                    description=entry.get("description") or "",
+                    config_path=path,
+                )
+            )
+        except PairError as e:
+            errors[e.pair] = e
+    default = data.get("default")
+    names = [s.name for s in specs]
+    if not isinstance(default, str) or default not in names:
+        default = names[0] if names else None
+    return PairsConfig(specs, default, errors, path)
+
+
+def load_config(path: str | Path) -> PairsConfig:
+    """Read and parse a pairs.json file; ``ConfigError`` when the file itself is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is not readable JSON: {e}") from e
+    return parse_config(data, path.resolve().parent, path)
+
+
+class OnDevice(nn.Module):
+    """Runs a CPU-facing denoiser on another device: inputs move there, outputs come back to the CPU."""
+
+    def __init__(self, model: nn.Module, device: str):
+        super().__init__()
+        self.model, self.device = model.to(device), torch.device(device)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the wrapped model's images."""
+        return tuple(self.model.image_shape)  # type: ignore[return-value]
+
+    @property
+    def cond_dim(self) -> int:
+        """The wrapped model's conditioning width."""
+        return int(getattr(self.model, "cond_dim", 0))
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The wrapped model's config meta."""
+        return dict(getattr(self.model, "meta", {}) or {})
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """D(x, sigma, cond) computed on the device."""
+        s = torch.as_tensor(sigma).to(self.device)
+        c = None if cond is None else cond.to(self.device)
+        return self.model(x.to(self.device), s, c).to(x.device)
+
+
+@dataclass
+class ModelPair:
+    """A loaded pair, ready for the handlers."""
+
+    spec: PairSpec
+    ambient: Any
+    baseline: Any
+    train: Any  # ambient.data.ImageDataset
+    index: Any  # ambient.neighbours.TrainingSetIndex
+    image_shape: tuple[int, int, int]
+    cond_dim: int
+    sigma_min: float
+    sigma_max: float
+    sigma_n: float | None = None
+    text_model: str | None = None
+    sweep: dict[str, Any] | None = None
+    sweep_plot: Path | None = None
+    reference: Any = None
+    device: str = "cpu"
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The pair's config name."""
+        return self.spec.name
+
+    def describe(self) -> str:
+        """A markdown summary for the status panel."""
+        c, h, w = self.image_shape
+        cond = f"text-conditional ({self.text_model})" if self.cond_dim else "unconditional"
+        sn = f"{self.sigma_n:g}" if self.sigma_n else "not recorded"
+        lines = [
+            f"**{self.spec.label}** ({self.spec.kind}): {len(self.train)} training images of {c}x{h}x{w}, {cond}; "
+            f"Ambient training cutoff sigma_n = {sn}; sigma from {self.sigma_min:g} to {self.sigma_max:g}; "
+            f"running on {self.device.upper()}."
+        ]
+        if self.spec.description:
+            lines.append(self.spec.description)
+        lines += [f"- note: {w_}" for w_ in self.warnings]
+        return "\n\n".join(lines[:2]) + ("\n" + "\n".join(lines[2:]) if len(lines) > 2 else "")
+
+
+def _fix_for_model(spec: PairSpec, key: str) -> str:
+    cfg = spec.config_path or "the config"
+    if spec.kind == "edm":
+        return (
+            f"put a model folder written by EDMDenoiser.save_pretrained (config.json + model.safetensors) at "
+            f'"{getattr(spec, key)}", or correct "{key}" in {cfg}. For a quick random pair: '
+            f"python scripts/make_tiny_pair.py <folder>."
+        )
+    return (
+        f'"{key}" must be a diffusers DDPM pipeline folder (unet/ and scheduler/, safetensors weights, e.g. from '
+        f"DDPMPipeline.save_pretrained) or hub:owner/name when the machine is online; correct it in {cfg}."
+    )
+
+
+class PathPolicy:
+    """Resolves config paths and refuses any that lead outside the allowed folders."""
+
+    def __init__(self, allowed_dirs: list[str | Path] | tuple[str | Path, ...] = ()):
+        self.allowed = [Path(d).resolve() for d in allowed_dirs]
+
+    def resolve(self, spec: PairSpec, key: str, value: str) -> Path:
+        """The absolute path of ``value`` (relative to the config's folder), checked against the allowed folders."""
+        if "\x00" in value:
+            raise PairError(spec.name, f'"{key}" contains a NUL byte.', "Correct the path.")
+        p = Path(value).expanduser()
+        if not p.is_absolute():
+            p = spec.base_dir / p
+        p = p.resolve()
+        roots = [spec.base_dir.resolve(), *self.allowed]
+        if not any(p == r or p.is_relative_to(r) for r in roots):
+            raise PairError(
+                spec.name,
+                f'"{key}" ({value}) leads to {p}, outside the allowed folders ({", ".join(map(str, roots))}).',
+                "Move the files under the config's folder, or start the app with --allow-dir <folder> "
+                "(or AMBIENT_ALLOWED_DIRS) naming the folder that holds them.",
+            )
+        return p
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _model_location(spec: PairSpec, key: str, policy: PathPolicy) -> str:
+    value: str = getattr(spec, key)
+    if _is_hub(value):
+        repo = value[len(HUB_PREFIX) :]
+        if not HUB_RE.match(repo):
+            raise PairError(spec.name, f'"{key}" ({value}) is not a hub id of the form hub:owner/name.', "Correct it.")
+        if _hub_offline():
+            raise PairError(
+                spec.name,
+                f'"{key}" is the hub id {repo}, but HF_HUB_OFFLINE=1: this machine may not download it.',
+                "Run with internet access and HF_HUB_OFFLINE unset, or download the pipeline once "
+                f'(huggingface-cli download {repo} --local-dir <folder>) and point "{key}" at that folder.',
+            )
+        return repo
+    path = policy.resolve(spec, key, value)
+    if not path.exists():
+        raise PairError(spec.name, f"the {key} model folder {path} does not exist.", _fix_for_model(spec, key))
+    if not path.is_dir():
+        raise PairError(spec.name, f"the {key} model path {path} is a file, not a folder.", _fix_for_model(spec, key))
+    return str(path)
+
+
+def _load_model(spec: PairSpec, key: str, policy: PathPolicy) -> nn.Module:
+    from ambient.denoiser import DDPMAdapter, EDMDenoiser
+
+    where = _model_location(spec, key, policy)
+    try:
+        model = EDMDenoiser.from_pretrained(where) if spec.kind == "edm" else DDPMAdapter.from_pretrained(where)
+    except Exception as e:  # the library's messages say which file is at fault
+        msg = " ".join(str(e).split())[:500]
+        raise PairError(spec.name, f"the {key} model could not be loaded: {msg}", _fix_for_model(spec, key)) from e
+    return model.eval().requires_grad_(False)
+
+
+def _load_npz(spec: PairSpec, key: str, policy: PathPolicy) -> Any:
+    from ambient.data import load_npz
+
+    path = policy.resolve(spec, key, getattr(spec, key))
+    try:
+        return load_npz(path)
+    except Exception as e:
+        msg = " ".join(str(e).split())[:300]
+        raise PairError(
+            spec.name,
+            f'"{key}" ({path}) could not be read: {msg}',
+            "Write the images with ImageDataset.save_npz (uint8 images, ids, labels), e.g. via "
+            "python scripts/make_tiny_pair.py, or correct the path.",
+        ) from e
+
+
+def _read_sweep(spec: PairSpec, policy: PathPolicy, warnings: list[str]) -> tuple[dict[str, Any] | None, Path | None]:
+    sweep, plot = None, None
+    if spec.sweep:
+        try:
+            p = policy.resolve(spec, "sweep", spec.sweep)
+            data = json.loads(p.read_text(encoding="utf-8"))
+            rows = data.get("sweep") if isinstance(data, dict) else None
+            if (
+                not isinstance(rows, list)
+                or not rows
+                or not all(isinstance(r, dict) and isinstance(r.get("sigma_c"), int | float) for r in rows)
+            ):
+                raise ValueError('it needs a non-empty "sweep" list of rows with a numeric "sigma_c"')
+            sweep = data
+        except (PairError, OSError, ValueError) as e:
+            warnings.append(
+                f"no precomputed sweep ({e}); the trade-off tab offers the live recompute only. "
+                "Write one with `python -m ambient evaluate`."
+            )
+    if spec.sweep_plot:
+        try:
+            p = policy.resolve(spec, "sweep_plot", spec.sweep_plot)
+            if not p.is_file():
+                raise FileNotFoundError(f"{p} does not exist")
+            plot = p
+        except (PairError, OSError) as e:
+            warnings.append(f"no sweep plot ({e}).")
+    return sweep, plot
+
+
+def load_pair(
+    spec: PairSpec, allowed_dirs: list[str | Path] | tuple[str | Path, ...] = (), device: str = "cpu"
+) -> ModelPair:
+    """Load and cross-check everything a pair needs; ``PairError`` with a fix when anything is wrong."""
+    from ambient.neighbours import TrainingSetIndex
+
+    policy = PathPolicy(allowed_dirs)
+    warnings: list[str] = []
+    ambient = _load_model(spec, "ambient", policy)
+    baseline = _load_model(spec, "baseline", policy)
+    shape_a, shape_b = tuple(ambient.image_shape), tuple(baseline.image_shape)
+    if shape_a != shape_b:
+        raise PairError(
+            spec.name,
+            f"the two models make images of different shapes: ambient {shape_a}, baseline {shape_b}.",
+            "Pair models trained on the same data at the same resolution.",
+        )
+    cond_a, cond_b = int(getattr(ambient, "cond_dim", 0)), int(getattr(baseline, "cond_dim", 0))
+    if cond_a != cond_b:
+        raise PairError(
+            spec.name,
+            f"the models take different conditioning widths: ambient {cond_a}, baseline {cond_b}.",
+            "Train both with the same text encoder (or both unconditional).",
+        )
+    meta = getattr(ambient, "meta", {}) or {}
+    text_model = spec.text_model or meta.get("text_model") or None
+    if cond_a and not text_model:
+        raise PairError(
+            spec.name,
+            f"the models are text-conditional ({cond_a}-d) but no text encoder is named.",
+            'Add "text_model": "all-MiniLM-L6-v2" (or the encoder they were trained with) to the pair.',
+        )
+    sigma_n = spec.sigma_n if spec.sigma_n is not None else meta.get("sigma_n")
+    if not isinstance(sigma_n, int | float) or isinstance(sigma_n, bool) or not math.isfinite(sigma_n) or sigma_n <= 0:
+        sigma_n = None
+        warnings.append('the Ambient model records no training cutoff sigma_n (set "sigma_n" in the config).')
+
+    train = _load_npz(spec, "train_data", policy)
+    if tuple(train.images.shape[1:]) != shape_a:
+        raise PairError(
+            spec.name,
+            f"the training images are {tuple(train.images.shape[1:])} but the models make {shape_a}.",
+            '"train_data" must hold the images the models were trained on, at the same size and channels.',
+        )
+    if spec.index:
+        path = policy.resolve(spec, "index", spec.index)
+        fix = (
+            "Rebuild it from the training images: TrainingSetIndex(images, ids).save(folder) "
+            "(python -m ambient index, or python scripts/make_tiny_pair.py for a tiny pair)."
+        )
+        if not path.is_dir():
+            raise PairError(spec.name, f"the nearest-neighbour index folder {path} does not exist.", fix)
+        try:
+            index = TrainingSetIndex.load(path, train.images)
+        except Exception as e:
+            msg = " ".join(str(e).split())[:300]
+            raise PairError(spec.name, f"the index at {path} could not be loaded: {msg}", fix) from e
+    else:
+        index = TrainingSetIndex(train.images, list(train.ids))
+        warnings.append("no index in the config: built one in memory (pixels embedder).")
+    if len(index) != len(train):
+        raise PairError(
+            spec.name,
+            f"the index holds {len(index)} images but train_data holds {len(train)}.",
+            "Rebuild the index from this train_data.",
+        )
+    reference = None
+    if spec.reference_data:
+        try:
+            reference = _load_npz(spec, "reference_data", policy)
+        except PairError as e:
+            warnings.append(f"no held-out reference images ({e.problem}); the live sweep reports memorization only.")
+    sweep, plot = _read_sweep(spec, policy, warnings)
+    lo = max(float(getattr(ambient, "sigma_min", 0.002)), float(getattr(baseline, "sigma_min", 0.002)))
+    hi = min(float(getattr(ambient, "sigma_max", 80.0)), float(getattr(baseline, "sigma_max", 80.0)))
+    if device != "cpu":
+        ambient_run, baseline_run = OnDevice(ambient, device), OnDevice(baseline, device)
+    else:
+        ambient_run, baseline_run = ambient, baseline
+    return ModelPair(
+        spec=spec,
+        ambient=ambient_run,
+        baseline=baseline_run,
+        train=train,
+        index=index,
+        image_shape=shape_a,  # type: ignore[arg-type]
+        cond_dim=cond_a,
+        sigma_min=lo,
+        sigma_max=hi,
+        sigma_n=float(sigma_n) if sigma_n else None,
+        text_model=text_model if cond_a else None,
+        sweep=sweep,
+        sweep_plot=plot,
+        reference=reference,
+        device=device,
+        warnings=warnings,
+    )
+
+
+class PairRegistry:
+    """The pairs of a config, loaded on first use and kept; broken ones keep their error."""
+
+    def __init__(
+        self,
+        config: PairsConfig | None,
+        allowed_dirs: list[str | Path] | tuple[str | Path, ...] = (),
+        device: str = "cpu",
+        config_error: str | None = None,
+    ):
+        self.config = config or PairsConfig([], None)
+        self.allowed_dirs = list(allowed_dirs)
+        self.device = device
+        self.config_error = config_error
+        self._pairs: dict[str, ModelPair] = {}
+        self._errors: dict[str, PairError] = dict(self.config.errors)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_path(
+        cls, path: str | Path, allowed_dirs: list[str | Path] | tuple[str | Path, ...] = (), device: str = "cpu"
+    ) -> PairRegistry:
+        """A registry for a config file; an unreadable file gives an empty registry with ``config_error`` set."""
+        try:
+            return cls(load_config(path), allowed_dirs, device)
+        except ConfigError as e:
+            return cls(None, allowed_dirs, device, config_error=str(e))
+
+    @property
+    def specs(self) -> list[PairSpec]:
+        """The well-formed entries, in config order."""
+        return list(self.config.specs)
+
+    def names(self) -> list[str]:
+        """All entry names, broken ones included (so the UI can say what is wrong with them)."""
+        return [s.name for s in self.config.specs] + [n for n in self.config.errors if not n.startswith("#")]
+
+    def choices(self) -> list[tuple[str, str]]:
+        """(label, name) pairs for a dropdown."""
+        out = [(s.label, s.name) for s in self.config.specs]
+        out += [(f"{n} (broken entry)", n) for n in self.config.errors if not n.startswith("#")]
+        return out
+
+    @property
+    def default(self) -> str | None:
+        """The pair to show first."""
+        return self.config.default
+
+    def spec(self, name: str) -> PairSpec | None:
+        """The entry called ``name``."""
+        return next((s for s in self.config.specs if s.name == name), None)
+
+    def add(self, spec: PairSpec, make_default: bool = False) -> None:
+        """Add an entry at run time (used for the fallback pair)."""
+        with self._lock:
+            self.config.specs = [s for s in self.config.specs if s.name != spec.name] + [spec]
+            self._errors.pop(spec.name, None)
+            self._pairs.pop(spec.name, None)
+            if make_default or self.config.default is None:
+                self.config.default = spec.name
+
+    def get(self, name: str | None = None) -> ModelPair:
+        """The loaded pair (loading it on first use); ``PairError`` when it cannot be used."""
+        name = name or self.default
+        if not name:
+            raise PairError(
+                "(none)",
+                self.config_error or "the config lists no model pairs.",
+                "Start the app with --config <pairs.json> (see demo/pairs.py for the format), or create a tiny "
+                "random pair with python scripts/make_tiny_pair.py <folder>.",
+            )
+        with self._lock:
+            if name in self._pairs:
+                return self._pairs[name]
+            if name in self._errors:
+                raise self._errors[name]
+            spec = self.spec(name)
+            if spec is None:
+                raise PairError(name, "no pair of this name in the config.", f"Choose one of {self.names()}.")
+            try:
+                pair = load_pair(spec, self.allowed_dirs, self.device)
+            except PairError as e:
+                self._errors[name] = e
+                raise
+            self._pairs[name] = pair
+            return pair
+
+    def error(self, name: str) -> PairError | None:
+        """The stored error of a pair, if loading it failed."""
+        return self._errors.get(name)
+
+    def forget(self, name: str) -> None:
+        """Drop a loaded pair or its error so the next ``get`` reloads it from disk."""
+        with self._lock:
+            self._pairs.pop(name, None)
+            if name not in self.config.errors:
+                self._errors.pop(name, None)

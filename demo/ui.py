@@ -1,0 +1,509 @@
+"""Layout and wiring of the Gradio app (no maths, no model code: everything goes through ``demo.handlers``)."""
+
+from __future__ import annotations
+
+import math
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from demo import handlers as h
+from demo.handlers import Handlers, InputError
+from demo.pairs import ModelPair, PairError
+from demo.plots import sweep_figure, trajectory_figure
+
+CSS = """
+.banner {padding: 6px 12px; border-radius: 6px; background: #eef4ff; border: 1px solid #c9dafc;}
+.banner-warn {padding: 6px 12px; border-radius: 6px; background: #fff4e5; border: 1px solid #f5c27a;}
+.nn-panel {font-size: 12px;}
+.nn-heading {font-weight: 600; font-size: 14px; margin: 4px 0 6px 0;}
+.nn-row {display: flex; gap: 6px; align-items: flex-end; margin-bottom: 6px; flex-wrap: wrap;}
+.nn-row figure {margin: 0; text-align: center;}
+.nn-row figcaption {font-size: 11px; line-height: 1.2; max-width: 72px; white-space: nowrap;}
+.nn-row img {image-rendering: pixelated; border: 2px solid #bbb; border-radius: 3px; display: block; margin: auto;}
+.nn-row img.copy, .nn-row img.nn-hit {border: 3px solid #d62728;}
+.nn-sample {padding-right: 8px; border-right: 1px dashed #bbb;}
+.nn-copy {background: #d62728; color: white; font-weight: 700; padding: 0 4px; border-radius: 3px;}
+.nn-novel {background: #2ca02c; color: white; padding: 0 4px; border-radius: 3px;}
+.cutoff-scale {position: relative; height: 34px; margin: -6px 8px 4px 8px; font-size: 11px; color: #555;}
+.cutoff-scale .tick {position: absolute; top: 0; transform: translateX(-50%); border-left: 1px solid #999;
+  padding-top: 2px; height: 8px;}
+.cutoff-scale .tick span {position: absolute; top: 9px; left: -12px; width: 24px; text-align: center;}
+.cutoff-scale .sn {position: absolute; top: 0; transform: translateX(-50%); color: #2ca02c; font-weight: 700;
+  white-space: nowrap;}
+.cutoff-ends {display: flex; justify-content: space-between; font-size: 12px; margin: 0 4px;}
+.gallery-pixelated img {image-rendering: pixelated;}
+.gallery-auto .caption-label {font-size: 11px !important; padding: 1px 4px !important; max-width: calc(100% - 6px) !important;
+  left: 3px !important; bottom: 3px !important;}
+.gallery-auto .grid-container {padding-top: 30px !important;}
+.gallery-auto .grid-wrap.fixed-height {min-height: 0 !important; height: auto !important; max-height: none !important;}
+"""
+
+INTRO = """# Ambient Explorer
+Diffusion models trained on a small dataset tend to **copy** their training images. The **Ambient** model was trained
+on *noisy* copies of the images at high noise levels (above its cutoff sigma_n) and never saw a clean image there;
+the **baseline** saw clean images at every noise level. Both galleries start from **the same noise** (same seeds):
+image *i* on the left pairs with image *i* on the right. Under each image: its nearest training images, and a red
+**COPY** mark when it is a near-duplicate of one.
+"""
+
+API_DOC = """### Use it from code
+Named endpoints: `/generate`, `/neighbours`, `/sweep` (JSON in, JSON out; images as base64 PNG).
+
+```python
+from gradio_client import Client
+import base64, io
+from PIL import Image
+
+client = Client("http://127.0.0.1:7860/")
+r = client.predict(pair="", prompt="a photo of a sneaker", seed=0, n_images=4, steps=18,
+                   guidance=1.0, sigma_c=None, mode="handover", api_name="/generate")
+print(r["copies"])                      # {'ambient': 0, 'baseline': 3}
+print(r["baseline"][0]["neighbours"])   # [{'id': ..., 'position': ..., 'similarity': ...}, ...]
+Image.open(io.BytesIO(base64.b64decode(r["ambient"][0]["png_base64"]))).save("ambient0.png")
+
+png = base64.b64encode(open("query.png", "rb").read()).decode()
+print(client.predict(pair="", image=png, k=4, api_name="/neighbours")["is_copy"])
+print(client.predict(pair="", live=False, api_name="/sweep")["rows"][:1])  # the shipped sigma_c sweep
+```
+`sigma_c=None` means the left end (Ambient alone); `sigma_c` equal to the pair's sigma_max means baseline alone.
+"""
+
+
+def _gpu(fn: Callable) -> Callable:
+    """``spaces.GPU`` when running on a Hugging Face ZeroGPU Space, the function itself otherwise."""
+    try:
+        import spaces  # type: ignore[import-not-found]
+    except ImportError:
+        return fn
+    return spaces.GPU(duration=120)(fn)
+
+
+def cutoff_scale_html(pair: ModelPair) -> str:
+    """Sigma tick labels under the log10 slider, the Ambient model's sigma_n marked, and what the ends mean."""
+    lo, hi = h.slider_range(pair)
+
+    def pos(sigma: float) -> float:
+        return 100 * (math.log10(sigma) - lo) / (hi - lo)
+
+    ticks = [t for t in (0.01, 0.1, 1, 10) if pair.sigma_min < t < pair.sigma_max]
+    marks = [
+        f'<div class="tick" style="left:{pos(t):.2f}%"><span>{t:g}</span></div>'
+        for t in [pair.sigma_min, *ticks, pair.sigma_max]
+    ]
+    if pair.sigma_n and pair.sigma_min < pair.sigma_n < pair.sigma_max:
+        marks.append(
+            f'<div class="sn" style="left:{pos(pair.sigma_n):.2f}%; top:20px">&#9650; sigma_n={pair.sigma_n:g}</div>'
+        )
+    return (
+        f'<div class="cutoff-scale">{"".join(marks)}</div>'
+        '<div class="cutoff-ends"><span>&#9664; Ambient alone</span><span>baseline alone &#9654;</span></div>'
+    )
+
+
+def _df(rows: list[dict[str, Any]], pair: ModelPair | None = None) -> pd.DataFrame:
+    headers, data = h.sweep_table(rows, pair.sigma_min if pair else None, pair.sigma_max if pair else None)
+    return pd.DataFrame(data, columns=headers)
+
+
+def build_app(handlers: Handlers, banner: str = "", warning: str = "", max_concurrency: int = 2) -> gr.Blocks:
+    """The whole app as a ``gr.Blocks`` (launch it with ``launch_kwargs()``)."""
+    H = handlers
+    reg = H.registry
+    default = reg.default
+    try:
+        first: ModelPair | None = reg.get(default) if default else None
+    except PairError:
+        first = None
+    lo, hi = h.slider_range(first) if first else (math.log10(0.002), math.log10(80.0))
+    heavy = {"concurrency_limit": max_concurrency, "concurrency_id": "models"}
+
+    with gr.Blocks(title="Ambient Explorer") as demo:
+        gr.Markdown(INTRO)
+        gr.Markdown(banner or h.device_banner("cpu"), elem_classes=["banner"], elem_id="banner")
+        if warning:
+            gr.Markdown(warning, elem_classes=["banner-warn"], elem_id="banner-warning")
+        with gr.Row():
+            pair_dd = gr.Dropdown(
+                choices=reg.choices(), value=default, label="Model pair", scale=1, interactive=True, elem_id="pair"
+            )
+            status = gr.Markdown(H.pair_status(default) if default else H.pair_status(None), elem_id="pair-status")
+        last = gr.State(None)
+
+        with gr.Tabs():
+            # ------------------------------------------------------------------ 1-3, 5
+            with gr.Tab("Generate side by side", id="generate"):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=300):
+                        prompt = gr.Textbox(
+                            label="Prompt (empty = unconditional)",
+                            placeholder="e.g. a photo of a sneaker",
+                            max_lines=2,
+                            elem_id="prompt",
+                        )
+                        with gr.Row():
+                            seed = gr.Number(
+                                value=0,
+                                precision=0,
+                                minimum=0,
+                                maximum=h.MAX_SEED,
+                                label="Seed (image i: seed + i)",
+                                elem_id="seed",
+                                scale=3,
+                            )
+                            dice = gr.Button("New seed", scale=1, min_width=60, elem_id="dice")
+                        randomize = gr.Checkbox(value=False, label="New random seed on every Generate")
+                        n_images = gr.Slider(1, h.MAX_IMAGES, value=4, step=1, label="Images per model", elem_id="n")
+                        steps = gr.Slider(1, h.MAX_STEPS, value=18, step=1, label="Sampler steps (Heun)")
+                        guidance = gr.Slider(0, h.MAX_GUIDANCE, value=1.0, step=0.1, label="Guidance scale (1 = off)")
+                        cutoff = gr.Slider(
+                            lo,
+                            hi,
+                            value=lo,
+                            step=0.01,
+                            label="Noise cutoff: log10(sigma_c)",
+                            elem_id="cutoff",
+                            info="Hand-over: the Ambient model above sigma_c, the baseline below.",
+                        )
+                        scale_html = gr.HTML(cutoff_scale_html(first) if first else "")
+                        cutoff_md = gr.Markdown(
+                            h.cutoff_label(first.sigma_min, first) if first else "", elem_id="cutoff-label"
+                        )
+                        mode = gr.Radio(
+                            [("hand-over", "handover"), ("truncate", "truncate")],
+                            value="handover",
+                            label="Cutoff mode",
+                            info="truncate: stop the Ambient run at sigma_c and show its estimate x0_hat.",
+                        )
+                        go = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                    with gr.Column(scale=3):
+                        summary = gr.Markdown("Press **Generate**.", elem_id="summary")
+                        with gr.Row():
+                            g_amb = gr.Gallery(
+                                label="Ambient (with the cutoff)",
+                                columns=4,
+                                height="auto",
+                                elem_id="gallery-ambient",
+                                elem_classes=["gallery-pixelated", "gallery-auto"],
+                                object_fit="contain",
+                                format="png",
+                            )
+                            g_base = gr.Gallery(
+                                label="Baseline (alone)",
+                                columns=4,
+                                height="auto",
+                                elem_id="gallery-baseline",
+                                elem_classes=["gallery-pixelated", "gallery-auto"],
+                                object_fit="contain",
+                                format="png",
+                            )
+                        with gr.Row():
+                            nn_amb = gr.HTML("", elem_id="nn-ambient")
+                            nn_base = gr.HTML("", elem_id="nn-baseline")
+                with gr.Accordion("The moment of copying: similarity of x0_hat at every step", open=True):
+                    with gr.Row():
+                        traj_dd = gr.Dropdown(choices=[], label="Image", scale=1, elem_id="traj-image")
+                        traj_plot = gr.Plot(label="Nearest-training-image similarity against sigma", scale=4)
+                with gr.Accordion("Raw result (JSON)", open=False):
+                    raw = gr.JSON()
+                ex_lo, ex_sn = round(lo, 2), round(math.log10(first.sigma_n), 2) if first and first.sigma_n else 0.0
+                examples = gr.Examples(
+                    [
+                        ["", 0, ex_lo, "handover"],
+                        ["a photo of a sneaker", 0, ex_sn, "handover"],
+                        ["a photo of a bag", 3, round(hi, 2), "handover"],
+                        ["a photo of a dress", 7, ex_sn, "truncate"],
+                    ],
+                    inputs=[prompt, seed, cutoff, mode],
+                    label="Examples (results are cached once computed)",
+                )
+
+            # ------------------------------------------------------------------ 4
+            with gr.Tab("Trade-off", id="tradeoff"):
+                sv0 = H.precomputed_sweep(default) if first else None
+                sweep_md = gr.Markdown(sv0.markdown if sv0 else "")
+                has_rows = bool(sv0 and sv0.rows)
+                sweep_plot = gr.Plot(
+                    sweep_figure(sv0.rows, sv0.sigma_n, "precomputed") if has_rows else None,
+                    label="Memorization and quality against sigma_c",
+                    visible=has_rows,
+                )
+                sweep_tab = gr.Dataframe(
+                    _df(sv0.rows, first) if has_rows else None, label="Sweep", interactive=False, visible=has_rows
+                )
+                with gr.Accordion("Plot shipped with the pair", open=False):
+                    sweep_png = gr.Image(sv0.plot if sv0 else None, label="sweep.png", interactive=False, type="pil")
+                gr.Markdown("#### Recompute live (hand-over sweep; each cutoff samples every seed)")
+                with gr.Row():
+                    live_n = gr.Slider(2, 64, value=8, step=1, label="Seeds")
+                    live_points = gr.Slider(2, 9, value=4, step=1, label="Cutoffs")
+                    live_steps = gr.Slider(2, 40, value=12, step=1, label="Steps")
+                    live_btn = gr.Button("Recompute live", elem_id="sweep-btn")
+                live_md = gr.Markdown()
+                live_plot = gr.Plot(label="Live sweep")
+                live_tab = gr.Dataframe(label="Live sweep", interactive=False)
+
+            # ------------------------------------------------------------------ 6
+            with gr.Tab("Check an image", id="check"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        upload = gr.File(label="Upload an image", file_types=["image"], type="filepath")
+                        check_btn = gr.Button("Find nearest training images", variant="primary")
+                        query_img = gr.Image(label="What the index sees", interactive=False, height=160)
+                    with gr.Column(scale=2):
+                        check_md = gr.Markdown()
+                        check_gallery = gr.Gallery(
+                            label="Nearest training images",
+                            columns=5,
+                            height="auto",
+                            format="png",
+                            elem_classes=["gallery-pixelated", "gallery-auto"],
+                            elem_id="check-gallery",
+                        )
+                gr.Markdown("Or pick a training image (its nearest neighbour is itself: a copy by definition).")
+                train_gallery = gr.Gallery(
+                    value=H.training_gallery(default) if first else None,
+                    label="Training images",
+                    columns=10,
+                    height=300,
+                    allow_preview=False,
+                    elem_classes=["gallery-pixelated"],
+                    format="png",
+                    elem_id="train-gallery",
+                )
+
+            with gr.Tab("API", id="api"):
+                gr.Markdown(API_DOC)
+
+        # ---------------------------------------------------------------------- wiring
+        def on_cutoff(pair: str, v: float, m: str) -> str:
+            try:
+                p = H.pair(pair)
+            except InputError:
+                return ""
+            return h.cutoff_label(h.sigma_from_slider(v, p), p, h.check_mode(m))
+
+        for ev in (cutoff.change, mode.change):
+            ev(
+                on_cutoff,
+                [pair_dd, cutoff, mode],
+                cutoff_md,
+                queue=False,
+                show_progress="hidden",
+                api_visibility="private",
+            )
+
+        def show_trajectory(res: h.GenerateResult | None, i: int | None) -> Any:
+            if res is None or i is None or not 0 <= int(i) < len(res.ambient):
+                return None
+            a, b = res.ambient[int(i)], res.baseline[int(i)]
+            p = H.pair(res.pair)
+            left = (
+                "Ambient alone"
+                if res.sigma_c <= p.sigma_min and res.mode == "handover"
+                else "Ambient" + h._side_note(res)
+            )
+            return trajectory_figure(
+                a.trajectory,
+                b.trajectory,
+                res.sigma_c,
+                res.threshold,
+                res.sigma_n,
+                f"Image {int(i) + 1} (seed {a.seed})",
+                left,
+            )
+
+        def finals(res: h.GenerateResult) -> tuple:
+            p = H.pair(res.pair)
+            choices = [(f"image {i + 1} (seed {s.seed})", i) for i, s in enumerate(res.ambient)]
+            return (
+                h.gallery_items(res, "ambient"),
+                h.gallery_items(res, "baseline"),
+                res.seed,
+                h.summary_markdown(res),
+                h.neighbours_html(h.neighbour_rows(res, "ambient", p), "Ambient: nearest training images"),
+                h.neighbours_html(h.neighbour_rows(res, "baseline", p), "Baseline: nearest training images"),
+                gr.update(choices=choices, value=0),
+                show_trajectory(res, 0),
+                h.result_json(res),
+                res,
+            )
+
+        @_gpu
+        def ui_generate(
+            pair: str,
+            prompt_: str,
+            seed_: Any,
+            rnd: bool,
+            n: Any,
+            steps_: Any,
+            g: Any,
+            v: float,
+            m: str,
+            progress: gr.Progress = gr.Progress(),  # noqa: B008
+        ) -> Iterator[tuple]:
+            p = H.pair(pair)
+            if rnd:
+                seed_ = secrets.randbelow(h.MAX_SEED + 1)
+            sc = h.sigma_from_slider(v, p)
+            events: queue.SimpleQueue = queue.SimpleQueue()
+            box: dict[str, Any] = {}
+
+            def work() -> None:
+                try:
+                    box["res"] = H.generate(
+                        pair, prompt_, seed_, n, steps_, g, sc, m, on_step=lambda side, info: events.put((side, info))
+                    )
+                except BaseException as e:  # handed to the generator below
+                    box["err"] = e
+                finally:
+                    events.put(None)
+
+            progress(0, desc="starting")
+            worker = threading.Thread(target=work, daemon=True)
+            worker.start()
+            shown = 0.0
+            skip = [gr.skip()] * 8
+            while (item := events.get()) is not None:
+                side, info = item
+                half = 0 if side == "ambient" else 1
+                progress(
+                    (half + (info["i"] + 1) / info["total"]) / 2, desc=f"{side}: step {info['i'] + 1}/{info['total']}"
+                )
+                if time.monotonic() - shown > 0.3:
+                    shown = time.monotonic()
+                    prev = h.preview_items(info["denoised"], info)
+                    yield (prev, gr.skip(), *skip) if side == "ambient" else (gr.skip(), prev, *skip)
+            worker.join()
+            if "err" in box:
+                raise box["err"]
+            yield finals(box["res"])
+
+        gen_inputs = [pair_dd, prompt, seed, randomize, n_images, steps, guidance, cutoff, mode]
+        gen_outputs = [g_amb, g_base, seed, summary, nn_amb, nn_base, traj_dd, traj_plot, raw, last]
+        go.click(ui_generate, gen_inputs, gen_outputs, api_visibility="private", **heavy)
+        prompt.submit(ui_generate, gen_inputs, gen_outputs, api_visibility="private", **heavy)
+        dice.click(lambda: secrets.randbelow(h.MAX_SEED + 1), None, seed, queue=False, api_visibility="private").then(
+            ui_generate, gen_inputs, gen_outputs, api_visibility="private", **heavy
+        )
+        examples.load_input_event.then(ui_generate, gen_inputs, gen_outputs, api_visibility="private", **heavy)
+        traj_dd.change(show_trajectory, [last, traj_dd], traj_plot, api_visibility="private", show_progress="hidden")
+
+        def pick(evt: gr.SelectData) -> Any:
+            return evt.index
+
+        g_amb.select(pick, None, traj_dd, api_visibility="private", queue=False)
+        g_base.select(pick, None, traj_dd, api_visibility="private", queue=False)
+
+        # -- pair change
+        def on_pair(pair: str) -> tuple:
+            st = H.pair_status(pair)
+            try:
+                p = H.pair(pair)
+            except InputError:
+                return (st, *[gr.skip()] * 3, "This pair cannot be used (see above).", None, None, None, None)
+            a, b = h.slider_range(p)
+            sv = H.precomputed_sweep(pair)
+            return (
+                st,
+                gr.update(minimum=a, maximum=b, value=a),
+                h.cutoff_label(p.sigma_min, p),
+                cutoff_scale_html(p),
+                sv.markdown,
+                gr.update(
+                    value=sweep_figure(sv.rows, sv.sigma_n, "precomputed") if sv.rows else None, visible=bool(sv.rows)
+                ),
+                gr.update(value=_df(sv.rows, p) if sv.rows else None, visible=bool(sv.rows)),
+                sv.plot,
+                H.training_gallery(pair),
+            )
+
+        pair_outputs = [
+            status,
+            cutoff,
+            cutoff_md,
+            scale_html,
+            sweep_md,
+            sweep_plot,
+            sweep_tab,
+            sweep_png,
+            train_gallery,
+        ]
+        pair_dd.change(on_pair, pair_dd, pair_outputs, api_visibility="private", **heavy)
+
+        # -- live sweep
+        @_gpu
+        def ui_live(pair: str, n: Any, pts: Any, st: Any, progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
+            sv = H.live_sweep(pair, n, pts, st, progress=lambda f, msg: progress(f, desc=msg))
+            return sv.markdown, sweep_figure(sv.rows, sv.sigma_n, "live"), _df(sv.rows, H.pair(pair))
+
+        live_btn.click(
+            ui_live,
+            [pair_dd, live_n, live_points, live_steps],
+            [live_md, live_plot, live_tab],
+            api_visibility="private",
+            **heavy,
+        )
+
+        # -- check an image
+        def check_out(res: h.CheckResult, pair: str) -> tuple:
+            p = H.pair(pair)
+            return h.upscale(res.query), h.check_markdown(res), h.check_items(res, p)
+
+        def ui_check(pair: str, path: str | None) -> tuple:
+            return check_out(H.check_image(pair, path), pair)
+
+        def ui_check_train(pair: str, evt: gr.SelectData) -> tuple:
+            return check_out(H.check_training_image(pair, evt.index), pair)
+
+        check_outputs = [query_img, check_md, check_gallery]
+        check_btn.click(ui_check, [pair_dd, upload], check_outputs, api_visibility="private", **heavy)
+        upload.upload(ui_check, [pair_dd, upload], check_outputs, api_visibility="private", **heavy)
+        train_gallery.select(ui_check_train, [pair_dd], check_outputs, api_visibility="private", **heavy)
+
+        # ---------------------------------------------------------------------- named API endpoints
+        @_gpu
+        def generate(
+            pair: str = "",
+            prompt: str = "",
+            seed: int = 0,
+            n_images: int = 4,
+            steps: int = 18,
+            guidance: float = 1.0,
+            sigma_c: float | None = None,
+            mode: str = "handover",
+        ) -> dict:
+            """Ambient and baseline images from the same seeds with their nearest training images and copy verdicts."""
+            return h.result_json(H.generate(pair or None, prompt, seed, n_images, steps, guidance, sigma_c, mode), True)
+
+        def neighbours(pair: str = "", image: str = "", train_position: int | None = None, k: int = 4) -> dict:
+            """Nearest training images of a base64 image (or of training image ``train_position``): is it a copy?"""
+            if train_position is not None:
+                res = H.check_training_image(pair or None, train_position, k)
+            else:
+                res = H.check_image(pair or None, h.decode_base64_image(image), k)
+            return {"threshold": res.threshold, "metric": res.metric, **h.verdict_json(res.verdict)}
+
+        @_gpu
+        def sweep(pair: str = "", live: bool = False, n_seeds: int = 16, points: int = 5, steps: int = 18) -> dict:
+            """The sigma_c sweep: the precomputed one shipped with the pair, or a live recompute on n_seeds seeds."""
+            if not isinstance(live, bool):
+                raise InputError(f"live must be true or false, got {live!r}.")
+            sv = H.live_sweep(pair or None, n_seeds, points, steps) if live else H.precomputed_sweep(pair or None)
+            return {"rows": sv.rows, "sigma_n": sv.sigma_n, "about": sv.markdown}
+
+        gr.api(generate, api_name="generate", **heavy)
+        gr.api(neighbours, api_name="neighbours", **heavy)
+        gr.api(sweep, api_name="sweep", **heavy)
+    return demo
+
+
+def launch_kwargs() -> dict[str, Any]:
+    """Theme and CSS, passed to ``launch()`` as gradio 6 expects."""
+    return {"css": CSS, "theme": gr.themes.Soft(), "ssr_mode": False, "max_file_size": "20mb"}

@@ -1,0 +1,98 @@
+"""A tiny end-to-end run through the CLI: train, sample, index, evaluate (CPU, well under a minute)."""
+
+import json
+import subprocess
+import sys
+import time
+
+
+def _cli(*args, timeout=120):
+    r = subprocess.run(
+        [sys.executable, "-m", "ambient", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
+def test_train_sample_index_evaluate(tmp_path):
+    t0 = time.perf_counter()
+    run = tmp_path / "run"
+    common = [
+        "--n",
+        "64",
+        "--steps",
+        "200",
+        "--batch",
+        "16",
+        "--block-out-channels",
+        "8",
+        "16",
+        "--no-progress",
+        "--checkpoint-every",
+        "100",
+        "--log-every",
+        "100",
+    ]
+    _cli("train", "--out", str(run / "baseline"), "--loss", "baseline", *common)
+    _cli("train", "--out", str(run / "ambient"), "--loss", "ambient", "--sigma-n", "1.0", *common)
+    cfg = json.loads((run / "ambient" / "model" / "config.json").read_text())
+    assert cfg["meta"]["loss"] == "ambient" and cfg["meta"]["sigma_n"] == 1.0 and cfg["meta"]["steps"] == 200
+    assert len(cfg["meta"]["train_ids"]) == 64
+
+    _cli(
+        "sample",
+        "--model",
+        str(run / "ambient" / "model"),
+        "--baseline",
+        str(run / "baseline" / "model"),
+        "--sigma-c",
+        "1.0",
+        "--prompt",
+        "a photo of a sneaker",
+        "--n",
+        "4",
+        "--steps",
+        "4",
+        "--out",
+        str(tmp_path / "grid.png"),
+    )
+    from PIL import Image
+
+    assert Image.open(tmp_path / "grid.png").size[0] > 64
+
+    pair = tmp_path / "pair"
+    _cli("index", "--model", str(run / "baseline" / "model"), "--out", str(pair))
+    assert (pair / "train.npz").is_file() and (pair / "index" / "meta.json").is_file()
+
+    out = tmp_path / "eval"
+    _cli(
+        "evaluate",
+        "--ambient",
+        str(run / "ambient" / "model"),
+        "--baseline",
+        str(run / "baseline" / "model"),
+        "--pair-dir",
+        str(pair),
+        "--n",
+        "24",
+        "--sweep-n",
+        "8",
+        "--sweep-points",
+        "3",
+        "--steps",
+        "3",
+        "--out",
+        str(out),
+    )
+    report = json.loads((out / "report.json").read_text())
+    for name in ("reference", "baseline", "ambient"):
+        assert 0.0 <= report[name]["rate_similarity"]["0.95"] <= 1.0
+        assert report[name]["frechet_distance"] >= 0
+    sweep = json.loads((out / "sweep.json").read_text())["sweep"]
+    assert len(sweep) >= 4 and sweep[-1]["sigma_c"] > 80  # the last point is the baseline alone
+    assert (out / "sweep.png").stat().st_size > 1000
+    assert time.perf_counter() - t0 < 120
