@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -88,8 +89,19 @@ def _as_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     return sigma.reshape(-1, *([1] * (x.ndim - 1)))
 
 
+def _as_os_error(e: BaseException, where: Path) -> BaseException:
+    """safetensors reports a full or read-only disk as ``SafetensorError('... (os error 28)')``: the OSError it is."""
+    if not isinstance(e, OSError) and type(e).__name__ == "SafetensorError":
+        m = re.search(r"os error (\d+)", str(e))
+        if m:
+            code = int(m.group(1))
+            return OSError(code, os.strerror(code), str(where))
+    return e
+
+
 def _atomic_write_dir(target: Path, write: Any) -> None:
-    """Write a folder through a temporary sibling and rename it into place."""
+    """Write a folder through a temporary sibling and rename it into place; on any error the previous folder
+    stays (or is put back) where it was and the temporary one is removed. I/O errors are raised as ``OSError``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -109,11 +121,14 @@ def _atomic_write_dir(target: Path, write: Any) -> None:
         os.replace(tmp, target)
         if old.exists():
             shutil.rmtree(old)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         old = target.with_name(f".{target.name}.old")
         if old.exists() and not target.exists():
             os.replace(old, target)  # put the previous folder back
+        err = _as_os_error(e, target)
+        if err is not e:
+            raise err from e
         raise
 
 
@@ -184,7 +199,12 @@ class EDMDenoiser(nn.Module):
             save_file(state, str(tmp / WEIGHTS_NAME))
             (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2))
 
-        _atomic_write_dir(Path(path), write)
+        try:
+            _atomic_write_dir(Path(path), write)
+        except OSError as e:
+            raise OSError(
+                e.errno, f"could not save the model to {path} ({e}); any model folder already there is intact"
+            ) from e
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> EDMDenoiser:

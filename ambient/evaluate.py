@@ -253,18 +253,26 @@ def evaluate_pair(
         ref_row = score_samples(held_out, index, test.labels[n : 2 * n].tolist(), reference)
         ref_row["what"] = "held-out Fashion-MNIST test images (the creative reference)"
 
+    # A high-noise-only Ambient network is untrained below its sigma_n: "Ambient" then means the hand-over
+    # to the baseline at sigma_c = sigma_n (method.md, "Two ways", 2); a one-network model runs alone.
+    sigma_n = meta.get("sigma_n")
+    high_only = meta.get("regime") == "high"
+    amb_cut = float(sigma_n) if high_only else 0.0
     rows = {"reference": ref_row}
-    for name, model in (("baseline", base), ("ambient", amb)):
-        x = generate(model, None, seeds, cond, steps, 0.0, "handover", guidance, bf16=bf16, progress=progress)
+    for name, model, low, cut in (
+        ("baseline", base, None, 0.0),
+        ("ambient", amb, base if high_only else None, amb_cut),
+    ):
+        x = generate(model, low, seeds, cond, steps, cut, "handover", guidance, bf16=bf16, progress=progress)
         rows[name] = score_samples(x, index, class_ids, reference)
         save_grid_path = out / f"samples_{name}.png"
         from ambient.images import save_grid
 
         save_grid(x[:64], save_grid_path, ncol=16)
 
-    sigma_n = meta.get("sigma_n")
     extra = [sigma_n] if sigma_n else []
-    cutoffs = log_cutoffs(sweep_points, sweep_min or SIGMA_MIN, SIGMA_MAX, extra)
+    lo = sweep_min or (float(sigma_n) if high_only else SIGMA_MIN)
+    cutoffs = log_cutoffs(sweep_points, lo, SIGMA_MAX, extra)
     s_prompts, s_ids = prompt_plan(sweep_n, class_names)
     s_cond = encode_prompts(s_prompts, meta.get("text_model"), amb.cond_dim)
     sweep = sweep_cutoff(

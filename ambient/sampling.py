@@ -135,6 +135,14 @@ def sample_heun(
 SAMPLERS = {"euler": sample_euler, "heun": sample_heun}
 
 
+def _device_of(model: Callable[..., torch.Tensor]) -> torch.device:
+    """The device of a module's parameters (the CPU for plain callables)."""
+    if isinstance(model, nn.Module):
+        for p in model.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
 def nfe(steps: int, sampler: str = "heun") -> int:
     """Network evaluations of a full schedule of ``steps`` sigmas (Heun: 2 per step, 1 for the last)."""
     return 2 * steps - 1 if sampler == "heun" else steps
@@ -168,7 +176,11 @@ def sample(
         raise ValueError(f"mode must be 'handover' or 'truncate', not {mode!r}")
     _check_cutoff(sigma_c)
     sigmas = karras_sigmas(steps, sigma_min, sigma_max)
-    x = initial_noise(seeds, shape, float(sigmas[0]))
+    device = _device_of(ambient)
+    x = initial_noise(seeds, shape, float(sigmas[0])).to(device)  # drawn on the CPU: identical on any device
+    sigmas = sigmas.to(device)
+    if cond is not None:
+        cond = cond.to(device)
     if cond is not None and len(cond) != len(seeds):
         raise ValueError(f"cond has {len(cond)} rows for {len(seeds)} seeds")
     if mode == "truncate":

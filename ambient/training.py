@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -189,6 +190,9 @@ class Trainer:
     def _resume(self) -> None:
         ck = self.out / CHECKPOINT
         old = self.out / f".{CHECKPOINT}.old"
+        if self.rank == 0:  # half-written temporary folders of a killed run are never read: remove them
+            for tmp in self.out.glob(f".{CHECKPOINT}.tmp-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
         if not ck.is_dir() and old.is_dir():
             ck = old  # killed between the two renames: the previous checkpoint is intact
         if not (ck / "state.json").is_file():
@@ -224,7 +228,7 @@ class Trainer:
             _atomic_write_dir(self.out / CHECKPOINT, write)
         except OSError as e:
             raise OSError(
-                f"could not write a checkpoint at step {self.step} ({e}); the previous checkpoint is intact"
+                e.errno, f"could not write a checkpoint at step {self.step} ({e}); the previous checkpoint is intact"
             ) from e
 
     def export(self, path: Path | None = None) -> Path:

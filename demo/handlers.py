@@ -25,7 +25,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from demo.pairs import ModelPair, PairError, PairRegistry
 
@@ -173,7 +173,11 @@ def _open_image(source: Any) -> Image.Image:
         raise InputError(f"Expected an image file, got {type(source).__name__}.")
     try:
         im = Image.open(fp)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except Image.DecompressionBombError as e:  # PIL refuses sizes far above ours before we can look at them
+        raise InputError(
+            f"The image has too many pixels to be decoded safely; the limit is 4096x4096 ({MAX_UPLOAD_PIXELS:,})."
+        ) from e
+    except Exception as e:  # any decoder failure on an untrusted file means: not a readable image
         raise InputError("This file is not an image that can be read (use PNG, JPEG, WebP, BMP or GIF).") from e
     w, h = im.size
     if w * h > MAX_UPLOAD_PIXELS:
@@ -182,7 +186,7 @@ def _open_image(source: Any) -> Image.Image:
         raise InputError("The image is empty (0 pixels).")
     try:
         im.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Exception as e:  # truncated data, broken chunks, decoder errors
         raise InputError(f"The image file is truncated or corrupt and cannot be decoded ({e}).") from e
     return im
 
@@ -211,12 +215,19 @@ def image_to_model_input(source: Any, shape: Sequence[int]) -> torch.Tensor:
         im = ImageOps.exif_transpose(im)
     except Exception:  # broken EXIF: keep the pixels as they are
         pass
-    im = _to_8bit(im)
-    if im.mode in ("P", "PA", "LA", "RGBA") or "transparency" in im.info:
-        im = im.convert("RGBA")
-        canvas = Image.new("RGBA", im.size, (0, 0, 0, 255))
-        im = Image.alpha_composite(canvas, im)
-    im = im.convert("L" if c == 1 else "RGB")
+    mode = im.mode
+    try:
+        im = _to_8bit(im)
+        if im.mode in ("P", "PA", "LA", "RGBA") or "transparency" in im.info:
+            im = im.convert("RGBA")
+            canvas = Image.new("RGBA", im.size, (0, 0, 0, 255))
+            im = Image.alpha_composite(canvas, im)
+        im = im.convert("L" if c == 1 else "RGB")
+    except Exception as e:  # colour modes PIL cannot convert (LAB, HSV, ...)
+        raise InputError(
+            f"The image's colour mode {mode} cannot be converted to {'greyscale' if c == 1 else 'RGB'} ({e}); "
+            "save it as an ordinary RGB or greyscale PNG or JPEG."
+        ) from e
     scale = min(w / im.width, h / im.height)
     size = (max(1, min(w, round(im.width * scale))), max(1, min(h, round(im.height * scale))))
     im = im.resize(size, Image.LANCZOS if scale < 1 else Image.BICUBIC)
@@ -407,6 +418,7 @@ class Handlers:
         from ambient.sampling import sample
 
         p = self.pair(pair)
+        raw_prompt = prompt
         prompt, capped = check_prompt(prompt)
         seed = check_int(seed, "seed", 0, MAX_SEED)
         n = check_int(n_images, "number of images", 1, MAX_IMAGES)
@@ -418,6 +430,8 @@ class Handlers:
         notes = []
         if capped:
             notes.append(f"The prompt was cut to {MAX_PROMPT_CHARS} characters.")
+        if isinstance(raw_prompt, str) and any(not ch.isprintable() and not ch.isspace() for ch in raw_prompt):
+            notes.append("Control and formatting characters were removed from the prompt.")
         if prompt and not p.cond_dim:
             notes.append("This pair is unconditional: the prompt is ignored.")
             prompt = ""
@@ -426,7 +440,7 @@ class Handlers:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
-                return GenerateResult(**{**hit.__dict__, "cached": True})
+                return GenerateResult(**{**hit.__dict__, "cached": True, "notes": notes})  # this request's notes
 
         t0 = time.perf_counter()
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(n)]
