@@ -85,7 +85,14 @@ def setup(args: argparse.Namespace) -> tuple[Any, str, str]:
     from demo.pairs import PairError, PairRegistry
 
     cores = os.cpu_count() or 1
-    torch.set_num_threads(args.threads or max(1, cores // args.max_concurrency))
+    threads = args.threads or max(1, cores // args.max_concurrency)
+    torch.set_num_threads(threads)
+    try:  # faiss has its own OpenMP pool: keep it from fighting torch's over the same cores
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+    except ImportError:
+        pass
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     registry = PairRegistry.from_path(args.config, args.allow_dir, device)
     warning = ""
