@@ -303,6 +303,8 @@ def evaluate_pair(
         "threshold": index.threshold,
         "ratio_threshold": index.ratio_threshold,
         "sigma_n": sigma_n,
+        "ambient_regime": meta.get("regime", "all"),
+        "ambient_sigma_c": amb_cut,
         "quality": "Frechet distance in fmnist-cnn penultimate features vs held-out test images (not FID)",
         "seconds": round(time.perf_counter() - t0, 1),
     }

@@ -42,7 +42,12 @@ def main() -> int:
     if high.is_file():
         h = json.loads(high.read_text())
         hs = h["settings"]
-        print(row(f"Ambient, high-noise-only, hand-over to baseline at {hs['ambient_sigma_c']}", h["ambient"]))
+        print(
+            row(
+                f"Ambient, high-noise-only, hand-over to baseline at {hs.get('ambient_sigma_c', hs['sigma_n'])}",
+                h["ambient"],
+            )
+        )
     print()
     print(
         f"{s['n']} samples per row (prompts spread over the 10 classes, every 11th unconditional), EDM Heun "
@@ -58,6 +63,16 @@ def main() -> int:
             f"| {label} | {pct(r['rate_ratio'])} | {pct(r['rate_similarity']['0.95'])} | {r['mean_similarity']:.3f} "
             f"| {r.get('frechet_distance', float('nan')):.2f} |"
         )
+    probe = pair / "eval" / "truncate_probe.json"
+    if probe.is_file():
+        print()
+        print("| model | truncated at sigma_c | ratio test | cosine > 0.95 | cosine > 0.9 | Frechet distance |")
+        print("|---|---|---|---|---|---|")
+        for r in json.loads(probe.read_text())["rows"]:
+            print(
+                f"| {r['model']} | {r['truncate_at']:g} | {pct(r['rate_ratio'])} | {pct(r['rate_cos_0.95'])} "
+                f"| {pct(r['rate_cos_0.9'])} | {r['frechet_distance']:.2f} |"
+            )
     return 0
 
 

@@ -14,10 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ambient.data import training_set_of
-from ambient.denoiser import EDMDenoiser
-from ambient.evaluate import evaluate_pair
-from ambient.neighbours import TrainingSetIndex
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from ambient.data import training_set_of  # noqa: E402
+from ambient.denoiser import EDMDenoiser  # noqa: E402
+from ambient.evaluate import evaluate_pair  # noqa: E402
+from ambient.neighbours import TrainingSetIndex  # noqa: E402
 
 DATA_NOTE = """# Training images: Fashion-MNIST subset
 

@@ -88,8 +88,9 @@ def url(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(url):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=90_000)  # sampling on a busy 2-core machine can take far longer than the 5 s default
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})

@@ -6,7 +6,7 @@ import sys
 import time
 
 
-def _cli(*args, timeout=120):
+def _cli(*args, timeout=600):
     r = subprocess.run(
         [sys.executable, "-m", "ambient", *args],
         capture_output=True,
@@ -95,4 +95,4 @@ def test_train_sample_index_evaluate(tmp_path):
     sweep = json.loads((out / "sweep.json").read_text())["sweep"]
     assert len(sweep) >= 4 and sweep[-1]["sigma_c"] > 80  # the last point is the baseline alone
     assert (out / "sweep.png").stat().st_size > 1000
-    assert time.perf_counter() - t0 < 120
+    assert time.perf_counter() - t0 < 300  # about 30 s on an idle 2-core machine
