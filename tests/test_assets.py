@@ -1,0 +1,63 @@
+"""The shipped model pair: its files load through the app's code path and sample (quality is measured elsewhere)."""
+
+import json
+from pathlib import Path
+
+import torch
+
+from ambient.data import load_npz
+from ambient.denoiser import EDMDenoiser
+from ambient.neighbours import TrainingSetIndex
+from ambient.sampling import sample
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+PAIR = ASSETS / "fmnist-100"
+
+
+def test_pairs_config_names_the_embedded_pair():
+    cfg = json.loads((ASSETS / "pairs.json").read_text())
+    names = [p["name"] for p in cfg["pairs"]]
+    assert cfg["default"] in names
+    for p in cfg["pairs"]:
+        for key in ("ambient", "baseline", "train_data", "index"):
+            assert (ASSETS / p[key]).exists(), f"{p['name']}: {key} -> {p[key]} is missing"
+
+
+def test_shipped_models_load_and_sample():
+    amb = EDMDenoiser.from_pretrained(PAIR / "ambient")
+    base = EDMDenoiser.from_pretrained(PAIR / "baseline")
+    assert amb.meta["loss"] == "ambient" and amb.meta["sigma_n"] > 0
+    assert base.meta["loss"] == "baseline"
+    assert amb.meta["train_ids"] == base.meta["train_ids"]  # same data, only the loss differs
+    assert amb.meta["steps"] == base.meta["steps"] > 0
+    cond = torch.zeros(2, amb.cond_dim)
+    cond[0, 0] = 1.0
+    x = sample(amb, base, [0, 1], amb.image_shape, cond, steps=3, sigma_c=1.0)
+    assert x.shape == (2, *amb.image_shape) and torch.isfinite(x).all()
+    assert x.std() > 0.05  # not a constant image
+
+
+def test_shipped_index_matches_training_images():
+    train = load_npz(PAIR / "train.npz")
+    base = EDMDenoiser.from_pretrained(PAIR / "baseline")
+    assert train.ids == base.meta["train_ids"]
+    index = TrainingSetIndex.load(PAIR / "index", train.images)
+    assert len(index) == len(train)
+    sims, pos = index.search(train.images[:5], k=1)
+    assert (pos[:, 0] == torch.arange(5).numpy()).all() and (sims[:, 0] > 0.999).all()
+
+
+def test_shipped_evaluation_and_cards():
+    report = json.loads((PAIR / "eval" / "report.json").read_text())
+    for name in ("reference", "baseline", "ambient"):
+        assert 0 <= report[name]["rate_similarity"]["0.95"] <= 1
+    assert len(report["sweep"]) >= 8
+    assert (PAIR / "eval" / "sweep.png").stat().st_size > 10_000
+    for name in ("ambient", "baseline"):
+        card = (PAIR / name / "README.md").read_text()
+        assert "Reproduce" in card and "ratio test" in card
+
+
+def test_assets_stay_small():
+    total = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
+    assert total < 50 * 2**20
