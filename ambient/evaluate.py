@@ -13,6 +13,7 @@ import torch
 
 from ambient.data import class_prompt
 from ambient.denoiser import SIGMA_MAX, SIGMA_MIN
+from ambient.images import save_grid
 from ambient.sampling import sample
 
 Progress = Callable[[float, str], None]
@@ -265,10 +266,7 @@ def evaluate_pair(
     ):
         x = generate(model, low, seeds, cond, steps, cut, "handover", guidance, bf16=bf16, progress=progress)
         rows[name] = score_samples(x, index, class_ids, reference)
-        save_grid_path = out / f"samples_{name}.png"
-        from ambient.images import save_grid
-
-        save_grid(x[:64], save_grid_path, ncol=16)
+        save_grid(x[:64], out / f"samples_{name}.png", ncol=16)
 
     extra = [sigma_n] if sigma_n else []
     lo = sweep_min or (float(sigma_n) if high_only else SIGMA_MIN)
