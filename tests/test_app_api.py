@@ -13,27 +13,13 @@ import pytest
 import torch
 from gradio_client import Client
 from PIL import Image
-from torch import nn
 
 from demo import handlers as h
 from demo.handlers import Handlers
 from demo.pairs import PairRegistry
 from demo.tiny_pair import make_tiny_pair
 from demo.ui import API_DOC, build_app, launch_kwargs
-
-
-class Memorizer(nn.Module):
-    """The ideal denoiser of the empirical training distribution: it can only produce training images."""
-
-    def __init__(self, images: torch.Tensor):
-        super().__init__()
-        self.images, self.cond_dim, self.image_shape = images, 384, tuple(images.shape[1:])
-
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
-        s = float(torch.as_tensor(sigma).reshape(-1)[0])
-        d2 = torch.cdist(x.flatten(1).double(), self.images.flatten(1).double()) ** 2
-        w = torch.softmax(-d2 / (2 * s * s), dim=1)
-        return (w @ self.images.flatten(1).double()).float().view_as(x)
+from tests.helpers import Memorizer
 
 
 def _free_port() -> int:

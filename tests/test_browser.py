@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+
+from tests.helpers import Memorizer
 
 CHROMIUM = os.environ.get("AMBIENT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -36,20 +37,6 @@ if not Path(CHROMIUM).is_file():
     )
 
 pytestmark = pytest.mark.slow
-
-
-class Memorizer(nn.Module):
-    """The ideal denoiser of the empirical training distribution: it can only produce training images."""
-
-    def __init__(self, images: torch.Tensor):
-        super().__init__()
-        self.images, self.cond_dim, self.image_shape = images, 384, tuple(images.shape[1:])
-
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
-        s = float(torch.as_tensor(sigma).reshape(-1)[0])
-        d2 = torch.cdist(x.flatten(1).double(), self.images.flatten(1).double()) ** 2
-        w = torch.softmax(-d2 / (2 * s * s), dim=1)
-        return (w @ self.images.flatten(1).double()).float().view_as(x)
 
 
 @pytest.fixture(scope="module")
