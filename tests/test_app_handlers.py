@@ -16,24 +16,7 @@ from ambient.sampling import sample
 from demo import handlers as h
 from demo.handlers import Handlers, InputError
 from demo.pairs import PairRegistry, load_config
-from demo.tiny_pair import make_tiny_pair
 from tests.helpers import Memorizer
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.getbasetemp() / "tiny-pair"
-    if not (root / "pairs.json").exists():
-        make_tiny_pair(root, n=20)
-    return root / "pairs.json"
 
 
 @pytest.fixture(scope="module")

@@ -16,25 +16,8 @@ import torch
 from ambient.data import ImageDataset
 from demo.handlers import Handlers
 from demo.pairs import ConfigError, PairError, PairRegistry, load_config, parse_config
-from demo.tiny_pair import make_tiny_pair
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.getbasetemp() / "tiny-pair"
-    if not (root / "pairs.json").exists():
-        make_tiny_pair(root, n=20)
-    return root / "pairs.json"
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 from gradio_client import Client
 from gradio_client.utils import QueueError
 
 from demo.handlers import Handlers
 from demo.pairs import PairRegistry
-from demo.tiny_pair import make_tiny_pair
 from demo.ui import build_app, launch_kwargs
 
 pytestmark = pytest.mark.slow
@@ -56,22 +54,6 @@ def percentile(values: list[float], q: float) -> float:
 
 def machine() -> dict:
     return {"cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.getbasetemp() / "tiny-pair"
-    if not (root / "pairs.json").exists():
-        make_tiny_pair(root, n=20)
-    return root / "pairs.json"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 class Gauge:

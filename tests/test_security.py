@@ -31,7 +31,6 @@ import torch
 from ambient.denoiser import DDPMAdapter, EDMDenoiser, load_denoiser
 from demo.handlers import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS
 from demo.pairs import PairError, PairRegistry
-from demo.tiny_pair import make_tiny_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_DummySecretToken0123456789abcdefXYZ"
@@ -258,14 +257,6 @@ def test_the_app_refuses_a_pair_of_pickles_with_a_clear_message(tmp_path, tiny):
 
 
 # ----------------------------------------------------------------------------- the app as launched
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.getbasetemp() / "tiny-pair"
-    if not (root / "pairs.json").exists():
-        make_tiny_pair(root, n=20)
-    return root / "pairs.json"
 
 
 def test_launch_arguments_no_share_no_extra_paths(monkeypatch, tiny):
