@@ -11,6 +11,7 @@ import base64
 import binascii
 import inspect
 import io
+import logging
 import math
 import os
 import threading
@@ -148,6 +149,9 @@ def cutoff_label(sigma_c: float, pair: ModelPair, mode: str = "handover") -> str
 
 
 # ----------------------------------------------------------------------------- uploads
+
+
+LOG = logging.getLogger("ambient.demo")
 
 
 def _open_image(source: Any) -> Image.Image:
@@ -367,8 +371,18 @@ class Handlers:
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self._text_lock = threading.Lock()
+        self._logged: set[str] = set()
 
     # -- pairs
+    def _log_pair_error(self, e: PairError) -> None:
+        """Log a pair's full error (with server paths) once, for the operator; visitors see it redacted."""
+        msg = str(e)
+        with self._lock:
+            if msg in self._logged:
+                return
+            self._logged.add(msg)
+        LOG.warning("%s", msg)
+
     def pair(self, name: str | None) -> ModelPair:
         """The loaded pair, or an InputError that says what is wrong with it and how to fix it."""
         if name is not None and not isinstance(name, str):
@@ -376,14 +390,16 @@ class Handlers:
         try:
             return self.registry.get(name or None)
         except PairError as e:
-            raise InputError(str(e)) from e
+            self._log_pair_error(e)
+            raise InputError(self.registry.redact(str(e))) from e
 
     def pair_status(self, name: str | None) -> str:
-        """Markdown describing the pair, or what is wrong with it."""
+        """Markdown describing the pair, or what is wrong with it (server paths made relative)."""
         try:
             return self.registry.get(name or None).describe()
         except PairError as e:
-            return e.markdown()
+            self._log_pair_error(e)
+            return self.registry.redact(e.markdown())
 
     # -- text
     def _cond(self, pair: ModelPair, prompt: str, n: int) -> torch.Tensor | None:

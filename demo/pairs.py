@@ -511,6 +511,26 @@ class PairRegistry:
         except ConfigError as e:
             return cls(None, allowed_dirs, device, config_error=str(e))
 
+    def redact(self, text: str) -> str:
+        """``text`` as a visitor may see it: server folders shown relative to the config's folder, home as ``~``."""
+        roots: dict[str, str] = {}
+        for d in self.allowed_dirs:
+            p = Path(d).resolve()
+            roots[str(p)] = f"<allowed folder {p.name}>"
+        for d in [Path.cwd(), *(s.base_dir for s in self.config.specs)]:
+            roots[str(d.resolve())] = "."
+        if self.config.path is not None:
+            roots[str(self.config.path.resolve().parent)] = "."
+        roots[str(Path.home().resolve())] = "~"
+        for root in sorted(roots, key=len, reverse=True):  # the most specific folder first
+            if root == os.sep:
+                continue
+            short = roots[root]
+            text = text.replace(root + os.sep, "" if short == "." else short + os.sep)
+            text = re.sub(re.escape(root) + r"(?![\w.-])", short, text)  # the folder itself
+        # any other absolute path keeps only its last part
+        return re.sub(r"(?<![\w.~>-])/(?:[\w.-]+/)+([\w.-]+)", r".../\1", text)
+
     @property
     def specs(self) -> list[PairSpec]:
         """The well-formed entries, in config order."""

@@ -117,6 +117,22 @@ def test_app_keeps_working_with_the_good_pair_among_broken_ones(broken, monkeypa
     assert "20 training images" in H.pair_status("tiny") and "How to fix" not in H.pair_status("tiny")
 
 
+def test_visitors_see_no_server_paths_but_the_operator_log_has_them(broken, monkeypatch, caplog):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    H = Handlers(PairRegistry.from_path(broken[0]))
+    config_dir = str(Path(broken[0]).resolve().parent)
+    for bad in ("missing", "noindex", "escape", "corrupt"):
+        with caplog.at_level("WARNING", logger="ambient.demo"):
+            status = H.pair_status(bad)
+        with pytest.raises(ValueError) as e:
+            H.generate(bad, "", 0, 1, 2)
+        for shown in (status, str(e.value)):
+            assert "How to fix" in shown or "Model pair" in shown
+            assert config_dir not in shown and str(Path.home()) + "/" not in shown, shown
+    assert "nowhere/ambient does not exist" in H.pair_status("missing")  # still says which folder
+    assert config_dir in caplog.text  # the operator's log keeps the full path
+
+
 def test_allowed_dirs_let_a_pair_load_from_outside(broken):
     cfg, outside = broken
     reg = PairRegistry.from_path(cfg, allowed_dirs=[outside])
