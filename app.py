@@ -115,7 +115,8 @@ def setup(args: argparse.Namespace) -> tuple[Any, str, str]:
                 )
             except Exception as e:  # the fallback is a convenience; say why it failed and go on without it
                 warning += f"\n\nA tiny fallback pair could not be made either ({type(e).__name__}: {e})."
-    return Handlers(registry), device_banner(device), warning
+        print(warning, file=sys.stderr)  # the operator sees the full paths; visitors see them redacted
+    return Handlers(registry), device_banner(device), registry.redact(warning)
 
 
 def _warm_up(handlers: Any) -> None:

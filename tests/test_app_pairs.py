@@ -206,6 +206,7 @@ def test_app_falls_back_to_a_tiny_pair_with_a_banner(tmp_path, monkeypatch):
     H, banner, warning = app.setup(args)
     assert "CPU" in banner
     assert "is not available" in warning and "does not exist" in warning and "untrained" in warning
+    assert str(tmp_path) not in warning and "pairs.json is not available" in warning  # no server paths shown
     assert H.registry.default == "tiny-random" and len(H.pair(None).train) == 20
     _, _, none = app.setup(app.parse_args(["--config", str(tmp_path / "cache" / "tiny-pair" / "pairs.json")]))
     assert none == ""
