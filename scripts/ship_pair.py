@@ -95,7 +95,14 @@ def main() -> int:
     ap.add_argument("--sweep-points", type=int, default=9)
     ap.add_argument("--steps", type=int, default=18)
     ap.add_argument("--guidance", type=float, default=1.0)
+    ap.add_argument(
+        "--only",
+        choices=["ambient", "ambient_high"],
+        help="re-evaluate only this variant (the other's shipped evaluation and model cards are kept)",
+    )
     args = ap.parse_args()
+    if args.only == "ambient_high" and not args.extra_ambient:
+        ap.error("--only ambient_high needs --extra-ambient")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,6 +130,8 @@ def main() -> int:
     if args.extra_ambient:
         evals["ambient_high"] = "eval_high"
     for name, folder in evals.items():
+        if args.only and name != args.only:
+            continue
         report = evaluate_pair(
             out / name,
             out / "baseline",
@@ -139,7 +148,13 @@ def main() -> int:
             (out / "baseline" / "README.md").write_text(model_card("baseline", loaded["baseline"], report, cmd))
         print(json.dumps({k: report[k] for k in ("reference", "baseline", "ambient")}, indent=1)[:3000], flush=True)
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    (out / "SHIPPED.json").write_text(json.dumps({"command": cmd, "git": rev, "models": models}, indent=2))
+    shipped = out / "SHIPPED.json"
+    history = json.loads(shipped.read_text()).get("history", []) if shipped.is_file() else []
+    if shipped.is_file():
+        old = json.loads(shipped.read_text())
+        history.append({k: old[k] for k in ("command", "git", "models") if k in old})
+    entry = {"command": cmd, "git": rev, "models": models, "history": history}
+    shipped.write_text(json.dumps(entry, indent=2))
     shutil.rmtree(out / "__pycache__", ignore_errors=True)
     return 0
 

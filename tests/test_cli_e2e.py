@@ -4,6 +4,9 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args, timeout=600):
@@ -37,7 +40,7 @@ def test_train_sample_index_evaluate(tmp_path):
         "--log-every",
         "100",
     ]
-    _cli("train", "--out", str(run / "baseline"), "--loss", "baseline", *common)
+    _cli("train", "--out", str(run / "baseline"), "--loss", "baseline", "--snapshot-every", "100", *common)
     _cli("train", "--out", str(run / "ambient"), "--loss", "ambient", "--sigma-n", "1.0", *common)
     cfg = json.loads((run / "ambient" / "model" / "config.json").read_text())
     assert cfg["meta"]["loss"] == "ambient" and cfg["meta"]["sigma_n"] == 1.0 and cfg["meta"]["steps"] == 200
@@ -96,3 +99,19 @@ def test_train_sample_index_evaluate(tmp_path):
     assert len(sweep) >= 4 and sweep[-1]["sigma_c"] > 80  # the last point is the baseline alone
     assert (out / "sweep.png").stat().st_size > 1000
     assert time.perf_counter() - t0 < 300  # 53 s measured on an idle 2-core machine
+
+    # copying against training steps: every snapshot scored against the run's own training set
+    curve = tmp_path / "curve.json"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "copy_vs_steps.py"), str(run / "baseline"), "--n", "6", "--steps", "3"]
+        + ["--out", str(curve)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(curve.read_text())["rows"]
+    assert [(x["samples"], x["step"]) for x in rows] == [("held-out", None), ("step_000100", 100), ("step_000200", 200)]
+    assert all(x["n_train"] == 64 and x["n"] == 6 and 0 <= x["rate_ratio"] <= 1 for x in rows)
+    assert rows[1]["frechet_distance"] >= 0 and 0 <= rows[2]["prompt_fidelity"] <= 1

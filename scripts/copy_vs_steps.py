@@ -1,0 +1,103 @@
+"""Memorization and quality of a training run's snapshots: when does a model start to copy?
+
+Each snapshot (``<run>/snapshots/step_*``) samples the same seeds and prompts, and is scored against
+the exact training subset it was trained on (ratio test and centred-pixel cosine), with held-out
+Fashion-MNIST test images as the reference.  Several runs make a table of copying against steps and
+against N.  An Ambient high-noise-only run is sampled with ``--baseline`` below ``--sigma-c``.
+
+Usage:
+  python scripts/copy_vs_steps.py runs/baseline runs/baseline_n300 --n 256 --out assets/copy_vs_steps.json
+  python scripts/copy_vs_steps.py runs/ambient_high --baseline runs/baseline/model --sigma-c 0.5 --out x.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from ambient.data import balanced_subset, load_fashion_mnist, training_set_of  # noqa: E402
+from ambient.denoiser import load_denoiser  # noqa: E402
+from ambient.evaluate import encode_prompts, generate, prompt_plan, score_samples, write_json  # noqa: E402
+from ambient.neighbours import TrainingSetIndex  # noqa: E402
+
+
+def snapshots(run: Path) -> list[Path]:
+    """The run's snapshot folders in step order (its final model when it has none)."""
+    snaps = sorted((run / "snapshots").glob("step_*"))
+    if not snaps and (run / "model" / "config.json").is_file():
+        snaps = [run / "model"]
+    if not snaps:
+        raise SystemExit(f"{run} has no snapshots and no model")
+    return snaps
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Score every snapshot of every run and write one JSON report."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path, help="training run folders (with snapshots/)")
+    p.add_argument("--n", type=int, default=256, help="samples per snapshot")
+    p.add_argument("--steps", type=int, default=18, help="Heun steps")
+    p.add_argument("--seed", type=int, default=10_000, help="first sampling seed")
+    p.add_argument("--baseline", type=Path, help="low-noise model below --sigma-c (hand-over)")
+    p.add_argument("--sigma-c", type=float, default=0.0)
+    p.add_argument("--mode", choices=["handover", "truncate"], default="handover")
+    p.add_argument("--min-step", type=int, default=0, help="skip snapshots before this step")
+    p.add_argument("--every", type=int, default=0, help="only snapshots whose step is a multiple of this")
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args(argv)
+    if a.n < 2:
+        p.error("--n must be at least 2")
+
+    baseline = load_denoiser(a.baseline) if a.baseline else None
+    test = load_fashion_mnist("test")
+    rows = []
+    t0 = time.perf_counter()
+    for run in a.runs:
+        train = None
+        for snap in snapshots(run):
+            model = load_denoiser(snap)
+            step = int(model.meta.get("steps", 0))
+            if step < a.min_step or (a.every and step % a.every):
+                continue
+            if train is None:  # one training set and one held-out reference per run
+                train = training_set_of(snap)
+                index = TrainingSetIndex(train.images, train.ids)
+                ref = balanced_subset(test, 2 * a.n, seed=1)  # as evaluate_pair: first half reference, second held out
+                reference, held_out = ref.images[: a.n], ref.images[a.n :]
+                r = score_samples(held_out, index, ref.labels[a.n :].tolist(), reference)
+                rows.append({"run": str(run), "n_train": len(train), "step": None, "samples": "held-out", **r})
+                prompts, ids = prompt_plan(a.n, model.meta.get("class_names"))
+                cond = encode_prompts(prompts, model.meta.get("text_model"), model.cond_dim)
+            x = generate(
+                model, baseline, list(range(a.seed, a.seed + a.n)), cond, a.steps, a.sigma_c, a.mode, bf16=True
+            )
+            r = score_samples(x, index, ids, reference)
+            rows.append({"run": str(run), "n_train": len(train), "step": step, "samples": snap.name, **r})
+            print(
+                f"{run} step {step}: ratio {r['rate_ratio']:.3f} cos>0.95 {r['rate_similarity']['0.95']:.3f} "
+                f"FD {r['frechet_distance']:.2f} fidelity {r.get('prompt_fidelity', float('nan')):.3f}",
+                flush=True,
+            )
+    settings = {
+        "n": a.n,
+        "steps": a.steps,
+        "seed": a.seed,
+        "baseline": str(a.baseline) if a.baseline else None,
+        "sigma_c": a.sigma_c,
+        "mode": a.mode,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    write_json({"settings": settings, "rows": rows, "command": " ".join(["python", *sys.argv])}, a.out)
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    raise SystemExit(main())
