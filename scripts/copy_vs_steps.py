@@ -37,6 +37,22 @@ def snapshots(run: Path) -> list[Path]:
     return snaps
 
 
+def markdown(rows: list[dict]) -> str:
+    """The rows as a Markdown table (held-out reference rows included)."""
+    out = [
+        "| run | N | step | ratio test d1/d2 < 1/3 | cosine > 0.95 | Frechet distance (fmnist-cnn) | prompt fidelity |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        pf = r.get("prompt_fidelity")
+        out.append(
+            f"| {Path(r['run']).name} | {r['n_train']} | {r['step'] or 'held-out real images'} "
+            f"| {100 * r['rate_ratio']:.1f} % | {100 * r['rate_similarity']['0.95']:.1f} % "
+            f"| {r['frechet_distance']:.2f} | {'n/a' if pf is None else f'{100 * pf:.1f} %'} |"
+        )
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Score every snapshot of every run and write one JSON report."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -94,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     write_json({"settings": settings, "rows": rows, "command": " ".join(["python", *sys.argv])}, a.out)
+    print(markdown(rows))
     print(f"wrote {a.out}")
     return 0
 
