@@ -13,6 +13,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,13 @@ from ambient.data import balanced_subset, load_fashion_mnist, training_set_of  #
 from ambient.denoiser import load_denoiser  # noqa: E402
 from ambient.evaluate import encode_prompts, generate, prompt_plan, score_samples, write_json  # noqa: E402
 from ambient.neighbours import TrainingSetIndex  # noqa: E402
+
+SAME = ("n", "steps", "seed", "baseline", "sigma_c", "mode")  # settings that rows of one file must share
+
+
+def _setting(a: argparse.Namespace, key: str) -> object:
+    value = getattr(a, key)
+    return str(value) if isinstance(value, Path) else value
 
 
 def snapshots(run: Path) -> list[Path]:
@@ -66,20 +74,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-step", type=int, default=0, help="skip snapshots before this step")
     p.add_argument("--every", type=int, default=0, help="only snapshots whose step is a multiple of this")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--append", action="store_true", help="keep --out's rows and add only snapshots it lacks")
     a = p.parse_args(argv)
     if a.n < 2:
         p.error("--n must be at least 2")
 
     baseline = load_denoiser(a.baseline) if a.baseline else None
     test = load_fashion_mnist("test")
-    rows = []
+    rows: list[dict] = []
+    commands: list[str] = []
+    if a.append and a.out.is_file():
+        old = json.loads(a.out.read_text())
+        rows, commands = old["rows"], old.get("commands", [old.get("command", "")])
+        mismatched = [k for k in SAME if old["settings"].get(k) != _setting(a, k)]
+        if mismatched:
+            p.error(f"{a.out} was made with other {', '.join(mismatched)}; write a new file instead of --append")
+    done = {(Path(r["run"]).resolve(), r["step"]) for r in rows}
     t0 = time.perf_counter()
     for run in a.runs:
         train = None
         for snap in snapshots(run):
             model = load_denoiser(snap)
             step = int(model.meta.get("steps", 0))
-            if step < a.min_step or (a.every and step % a.every):
+            if step < a.min_step or (a.every and step % a.every) or (run.resolve(), step) in done:
                 continue
             if train is None:  # one training set and one held-out reference per run
                 train = training_set_of(snap)
@@ -87,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                 ref = balanced_subset(test, 2 * a.n, seed=1)  # as evaluate_pair: first half reference, second held out
                 reference, held_out = ref.images[: a.n], ref.images[a.n :]
                 r = score_samples(held_out, index, ref.labels[a.n :].tolist(), reference)
-                rows.append({"run": str(run), "n_train": len(train), "step": None, "samples": "held-out", **r})
+                if (run.resolve(), None) not in done:
+                    rows.append({"run": str(run), "n_train": len(train), "step": None, "samples": "held-out", **r})
                 prompts, ids = prompt_plan(a.n, model.meta.get("class_names"))
                 cond = encode_prompts(prompts, model.meta.get("text_model"), model.cond_dim)
             x = generate(
@@ -100,16 +118,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"FD {r['frechet_distance']:.2f} fidelity {r.get('prompt_fidelity', float('nan')):.3f}",
                 flush=True,
             )
-    settings = {
-        "n": a.n,
-        "steps": a.steps,
-        "seed": a.seed,
-        "baseline": str(a.baseline) if a.baseline else None,
-        "sigma_c": a.sigma_c,
-        "mode": a.mode,
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    write_json({"settings": settings, "rows": rows, "command": " ".join(["python", *sys.argv])}, a.out)
+    settings = {k: _setting(a, k) for k in SAME} | {"seconds": round(time.perf_counter() - t0, 1)}
+    order = {run: k for k, run in enumerate(dict.fromkeys(r["run"] for r in rows))}
+    rows.sort(key=lambda r: (order[r["run"]], r["step"] or 0))  # each run's held-out row first, then by step
+    commands.append(" ".join(["python", *sys.argv]))
+    write_json({"settings": settings, "rows": rows, "commands": commands}, a.out)
     print(markdown(rows))
     print(f"wrote {a.out}")
     return 0

@@ -38,16 +38,13 @@ def main() -> int:
     print(row("held-out real test images (reference)", main_r["reference"]))
     print(row("baseline (EDM loss)", main_r["baseline"]))
     print(row(f"Ambient, one network, sigma_n = {s['sigma_n']}", main_r["ambient"]))
-    high = pair / "eval_high" / "report.json"
-    if high.is_file():
-        h = json.loads(high.read_text())
+    for folder in sorted(pair.glob("eval_high*")):  # high-noise-only variants (eval_high_1500: an early snapshot)
+        h = json.loads((folder / "report.json").read_text())
         hs = h["settings"]
-        print(
-            row(
-                f"Ambient, high-noise-only, hand-over to baseline at {hs.get('ambient_sigma_c', hs['sigma_n'])}",
-                h["ambient"],
-            )
-        )
+        cut = hs.get("ambient_sigma_c", hs["sigma_n"])
+        model = pair / folder.name.replace("eval", "ambient", 1)  # eval_high_1500 -> ambient_high_1500
+        steps = json.loads((model / "config.json").read_text())["meta"]["steps"]
+        print(row(f"Ambient, high-noise-only ({steps:,} steps), hand-over at {cut}", h["ambient"]))
     print()
     print(
         f"{s['n']} samples per row (prompts spread over the 10 classes, every 11th unconditional), EDM Heun "

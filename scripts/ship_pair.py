@@ -16,6 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import torch  # noqa: E402
+
 from ambient.data import training_set_of  # noqa: E402
 from ambient.denoiser import EDMDenoiser  # noqa: E402
 from ambient.evaluate import evaluate_pair  # noqa: E402
@@ -112,7 +114,13 @@ def main() -> int:
     loaded = {}
     for name, src in models.items():
         m = EDMDenoiser.from_pretrained(src)
-        m.save_pretrained(out / name)
+        if args.only and name != args.only and (out / name / "config.json").is_file():
+            # --only keeps the other models' folders and cards as shipped: they must be the same weights
+            shipped = EDMDenoiser.from_pretrained(out / name).state_dict()
+            if any(not torch.equal(v, shipped[k]) for k, v in m.state_dict().items()):
+                raise SystemExit(f"--only {args.only}: {src} differs from the shipped {out / name}; ship all")
+        else:
+            m.save_pretrained(out / name)
         loaded[name] = m
     ids = [m.meta["train_ids"] for m in loaded.values()]
     if any(i != ids[0] for i in ids):

@@ -102,16 +102,24 @@ def test_train_sample_index_evaluate(tmp_path):
 
     # copying against training steps: every snapshot scored against the run's own training set
     curve = tmp_path / "curve.json"
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "copy_vs_steps.py"), str(run / "baseline"), "--n", "6", "--steps", "3"]
-        + ["--out", str(curve)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-    )
+
+    def copy_vs_steps(*extra):
+        cmd = [sys.executable, str(ROOT / "scripts" / "copy_vs_steps.py"), str(run / "baseline"), "--n", "6"]
+        env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+        return subprocess.run(
+            [*cmd, "--steps", "3", "--out", str(curve), *extra], capture_output=True, text=True, timeout=300, env=env
+        )
+
+    r = copy_vs_steps("--min-step", "200")
     assert r.returncode == 0, r.stderr[-2000:]
-    rows = json.loads(curve.read_text())["rows"]
+    assert [x["step"] for x in json.loads(curve.read_text())["rows"]] == [None, 200]
+    r = copy_vs_steps("--append")  # adds only the snapshot the file lacks
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(curve.read_text())
+    rows = report["rows"]
     assert [(x["samples"], x["step"]) for x in rows] == [("held-out", None), ("step_000100", 100), ("step_000200", 200)]
     assert all(x["n_train"] == 64 and x["n"] == 6 and 0 <= x["rate_ratio"] <= 1 for x in rows)
     assert rows[1]["frechet_distance"] >= 0 and 0 <= rows[2]["prompt_fidelity"] <= 1
+    assert len(report["commands"]) == 2
+    r = copy_vs_steps("--append", "--sigma-c", "2")  # rows made with other settings are not mixed
+    assert r.returncode != 0 and "other sigma_c" in r.stderr
