@@ -61,3 +61,20 @@ def test_shipped_evaluation_and_cards():
 def test_assets_stay_small():
     total = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
     assert total < 50 * 2**20
+
+
+def test_every_shipped_pair_loads_through_the_app_and_is_labelled_honestly():
+    from demo.pairs import PairRegistry
+
+    reg = PairRegistry.from_path(ASSETS / "pairs.json")
+    assert reg.config_error is None and len(reg.names()) >= 2
+    for name in reg.names():
+        pair = reg.get(name)  # PairError (with its reason) if anything is missing or inconsistent
+        amb, base = pair.ambient.meta, pair.baseline.meta
+        assert amb["train_ids"] == base["train_ids"], name
+        if amb["steps"] != base["steps"]:  # an unequal-compute pair must say so where visitors choose it
+            assert f"{amb['steps']:,} steps" in pair.spec.title, pair.spec.title
+        sweep = json.loads((ASSETS / pair.spec.sweep).read_text())
+        assert len(sweep["sweep"]) >= 8
+        if amb.get("regime") == "high":  # a high-noise-only network is handed over at its sigma_n
+            assert min(r["sigma_c"] for r in sweep["sweep"]) >= amb["sigma_n"] - 1e-9
