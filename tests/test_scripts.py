@@ -1,0 +1,43 @@
+"""Helpers of the measurement scripts in scripts/ (their end-to-end runs are in test_cli_e2e.py)."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_noisy_copy_ratio_test_flags_reproduced_noisy_copies_only():
+    probe = _script("noisy_copy_probe")
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(50, 1, 8, 8, generator=g) * 2 - 1
+    noisy = clean + 0.5 * torch.randn(clean.shape, generator=g)
+    reproduced = noisy[:20] + 0.01 * torch.randn(20, 1, 8, 8, generator=g)
+    fresh = clean[:20] + 0.5 * torch.randn(20, 1, 8, 8, generator=g)  # same images, other noise
+    rate, median = probe.ratio_rate(reproduced, noisy)
+    assert rate == 1.0 and median < 0.1
+    rate, median = probe.ratio_rate(fresh, noisy)
+    assert rate < 0.2 and median > 1 / 3
+
+
+def test_copy_vs_steps_table_lists_every_row():
+    cvs = _script("copy_vs_steps")
+    row = {
+        "run": "runs/b",
+        "n_train": 100,
+        "rate_ratio": 0.5,
+        "rate_similarity": {"0.95": 0.9},
+        "frechet_distance": 5.0,
+    }
+    table = cvs.markdown([{**row, "step": None, "prompt_fidelity": 0.9}, {**row, "step": 5000}])
+    lines = table.splitlines()
+    assert len(lines) == 4 and "held-out real images" in lines[2]
+    assert lines[3] == "| b | 100 | 5000 | 50.0 % | 90.0 % | 5.00 | n/a |"
