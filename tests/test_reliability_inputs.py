@@ -283,7 +283,7 @@ API_CASES = [
     ("config-missing-folder", GEN, {"pair": "missing"}, "ambient model folder .*nowhere/ambient does not exist"),
     ("config-missing-index", GEN, {"pair": "noindex"}, "index folder .*no-index-here does not exist.*Rebuild"),
     ("config-outside", GEN, {"pair": "escape"}, "outside the allowed folders.*--allow-dir"),
-    ("config-absolute-outside", GEN, {"pair": "abs-escape"}, "/etc/passwd.*outside the allowed folders"),
+    ("config-absolute-outside", GEN, {"pair": "abs-escape"}, r"\.\.\./passwd.*outside the allowed folders"),
     ("config-hub-offline", GEN, {"pair": "hub"}, "hub id someone/ambient-model, but HF_HUB_OFFLINE=1"),
     ("config-broken-neighbours", NEI, {"pair": "corrupt", "train_position": 0}, "Model pair 'corrupt'"),
     # uploads (the API takes base64)
