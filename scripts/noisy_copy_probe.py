@@ -17,21 +17,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ambient.data import balanced_subset, load_fashion_mnist, training_set_of  # noqa: E402
 from ambient.denoiser import load_denoiser  # noqa: E402
 from ambient.evaluate import encode_prompts, prompt_plan, write_json  # noqa: E402
 from ambient.losses import fixed_noise  # noqa: E402
+from ambient.neighbours import TrainingSetIndex  # noqa: E402
 from ambient.sampling import initial_noise, karras_sigmas, sample_heun, truncate_sigmas  # noqa: E402
 
 
 def ratio_rate(x: torch.Tensor, points: torch.Tensor, threshold: float = 1 / 3) -> tuple[float, float]:
     """Share of rows of x whose nearest point is 3x closer than the second nearest, and the median d1/d2."""
-    d = torch.cdist(x.flatten(1).double(), points.flatten(1).double())
-    two = d.topk(2, largest=False).values
-    ratio = two[:, 0] / two[:, 1].clamp_min(1e-12)
-    return float((ratio < threshold).double().mean()), float(ratio.median())
+    ratios, _ = TrainingSetIndex(points, ratio_threshold=threshold).ratio_test(x)
+    return float((ratios < threshold).mean()), float(np.median(ratios))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=10_000)
     p.add_argument("--out", type=Path, default=Path("assets/fmnist-100/studies/noisy_copy_probe.json"))
     a = p.parse_args(argv)
+    held_out = balanced_subset(load_fashion_mnist("test"), a.n, seed=1).images  # the control: once for all models
+    fresh = torch.randn(held_out.shape, generator=torch.Generator().manual_seed(0))
+    seeds = list(range(a.seed, a.seed + a.n))
     rows = []
     for folder in a.models:
         model = load_denoiser(folder)
@@ -52,11 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         sigma_n = float(meta["sigma_n"])
         train = training_set_of(folder)
         noisy = train.images + sigma_n * fixed_noise(train.ids, train.images.shape[1:], int(meta.get("seed", 0)))
-        held_out = balanced_subset(load_fashion_mnist("test"), a.n, seed=1).images
-        control = held_out + sigma_n * torch.randn(held_out.shape, generator=torch.Generator().manual_seed(0))
+        control = held_out + sigma_n * fresh
         prompts, _ = prompt_plan(a.n, meta.get("class_names"))
         cond = encode_prompts(prompts, meta.get("text_model"), model.cond_dim)
-        seeds = list(range(a.seed, a.seed + a.n))
         sigmas = truncate_sigmas(karras_sigmas(a.steps), sigma_n)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             x = sample_heun(model, initial_noise(seeds, model.image_shape), sigmas, cond).float()

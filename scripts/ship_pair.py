@@ -157,10 +157,8 @@ def main() -> int:
         print(json.dumps({k: report[k] for k in ("reference", "baseline", "ambient")}, indent=1)[:3000], flush=True)
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     shipped = out / "SHIPPED.json"
-    history = json.loads(shipped.read_text()).get("history", []) if shipped.is_file() else []
-    if shipped.is_file():
-        old = json.loads(shipped.read_text())
-        history.append({k: old[k] for k in ("command", "git", "models") if k in old})
+    old = json.loads(shipped.read_text()) if shipped.is_file() else {}
+    history = old.get("history", []) + ([{k: old[k] for k in ("command", "git", "models") if k in old}] if old else [])
     entry = {"command": cmd, "git": rev, "models": models, "history": history}
     shipped.write_text(json.dumps(entry, indent=2))
     shutil.rmtree(out / "__pycache__", ignore_errors=True)
