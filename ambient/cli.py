@@ -137,6 +137,28 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_grid(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "grid",
+        help="train and score a grid of runs from a JSON file (resumable)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("file", help="grid JSON: name, runs_dir, studies_dir, defaults, eval, runs")
+    p.add_argument("--jobs", type=int, default=1, help="training processes at once")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per training process (default cores/jobs)")
+    p.add_argument("--only", nargs="+", default=(), help="names of the runs to do (default all)")
+    p.add_argument("--no-train", dest="train", action="store_false", help="only score existing snapshots")
+    p.add_argument("--no-eval", dest="evaluate", action="store_false", help="only train")
+
+
+def _run_grid(args: argparse.Namespace) -> int:
+    from ambient.grid import run_grid
+
+    for path in run_grid(args.file, args.jobs, args.only, args.train, args.evaluate, args.threads):
+        print(f"study -> {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m ambient", description=__doc__)
@@ -145,8 +167,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_sample(sub)
     _add_index(sub)
     _add_evaluate(sub)
+    _add_grid(sub)
     args = parser.parse_args(argv)
-    runners = {"train": _run_train, "sample": _run_sample, "index": _run_index, "evaluate": _run_evaluate}
+    runners = {
+        "train": _run_train,
+        "sample": _run_sample,
+        "index": _run_index,
+        "evaluate": _run_evaluate,
+        "grid": _run_grid,
+    }
     try:
         return runners[args.command](args)
     except (ValueError, FileNotFoundError, OSError) as e:

@@ -30,9 +30,21 @@ def default_unet_config(
     channels: int = 1,
     block_out_channels: tuple[int, ...] = (32, 64, 64),
     layers_per_block: int = 1,
+    time_scale_shift: str = "default",
+    dropout: float = 0.0,
 ) -> dict[str, Any]:
-    """The small attention-free diffusers UNet config this project trains (about 1.1M parameters)."""
+    """The small attention-free diffusers UNet config this project trains (about 1.1M parameters).
+
+    ``time_scale_shift="scale_shift"`` applies the time/text embedding as a scale and shift after the
+    second GroupNorm of each block; with "default" it is added before that norm, and with one channel a
+    group (32 groups at 32 channels) the norm removes it again at the first level.
+    """
     n = len(block_out_channels)
+    extra: dict[str, Any] = {}
+    if time_scale_shift != "default":
+        extra["resnet_time_scale_shift"] = time_scale_shift
+    if dropout:
+        extra["dropout"] = float(dropout)
     return {
         "sample_size": sample_size,
         "in_channels": channels,
@@ -43,6 +55,7 @@ def default_unet_config(
         "up_block_types": ["UpBlock2D"] * n,
         "add_attention": False,
         "norm_num_groups": min(32, block_out_channels[0]),
+        **extra,
     }
 
 
@@ -250,9 +263,11 @@ def build_unet(
     block_out_channels: tuple[int, ...] = (32, 64, 64),
     layers_per_block: int = 1,
     meta: dict[str, Any] | None = None,
+    time_scale_shift: str = "default",
+    dropout: float = 0.0,
 ) -> EDMDenoiser:
     """A fresh EDM denoiser around the project's small UNet."""
-    cfg = default_unet_config(sample_size, channels, block_out_channels, layers_per_block)
+    cfg = default_unet_config(sample_size, channels, block_out_channels, layers_per_block, time_scale_shift, dropout)
     return EDMDenoiser(CondUNet(cfg, cond_dim), 0.5, meta)
 
 

@@ -95,15 +95,21 @@ def ambient_loss(
     noise: torch.Tensor,
     cond: torch.Tensor | None = None,
     sigma_data: float = SIGMA_DATA,
+    high_weight: str = "edm",
+    max_high_weight: float = 100.0,
 ) -> torch.Tensor:
     """Ambient: clean EDM loss below sigma_n; above it, only the fixed noisy copy x_tn is seen and scored.
 
     For sigma >= sigma_n: x = x_tn + sqrt(sigma^2 - sigma_n^2) eps with x_tn = x0 + sigma_n eta, and
     x_tn_hat = ((sigma^2 - sigma_n^2) / sigma^2) D(x, sigma) + (sigma_n^2 / sigma^2) x is scored
-    against x_tn with EDM's weight (the reference code's choice: no extra factor).
+    against x_tn with EDM's weight (``high_weight="edm"``, the reference code's choice), or with EDM's
+    weight times sigma^4 / (sigma^2 - sigma_n^2)^2 clamped at ``max_high_weight`` (``"ambient4"``),
+    which scores the implied clean estimate D on EDM's scale.
     """
     if not sigma_n > 0:
         raise ValueError(f"sigma_n must be positive, got {sigma_n}")
+    if high_weight not in ("edm", "ambient4"):
+        raise ValueError(f"high_weight must be 'edm' or 'ambient4', not {high_weight!r}")
     s = _bcast(sigma, x0)
     sn2 = float(sigma_n) ** 2
     high = s >= sigma_n
@@ -114,4 +120,8 @@ def ambient_loss(
     x_tn_hat = ((s**2 - sn2) / s**2) * d + (sn2 / s**2) * x
     pred = torch.where(high, x_tn_hat, d)
     target = torch.where(high, x_tn, x0)
-    return loss_weight(s, sigma_data) * (pred - target) ** 2
+    w = loss_weight(s, sigma_data)
+    if high_weight == "ambient4":
+        extra = (s**4 / (s**2 - sn2).clamp(min=1e-12) ** 2).clamp(max=max_high_weight)
+        w = torch.where(high, w * extra, w)
+    return w * (pred - target) ** 2

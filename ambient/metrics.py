@@ -56,11 +56,30 @@ def memorization_stats(
         "rate_similarity": {_key(t): float((sims > t).mean()) for t in thresholds},
         "rate_copy": float(np.mean([v.is_copy for v in verdicts])),
         "rate_ratio": float((ratios < ratio_threshold).mean()) if has_ratio else None,
+        "rate_ratio_ci95": (
+            list(bootstrap_rate_ci(int((ratios < ratio_threshold).sum()), len(ratios))) if has_ratio else None
+        ),
         "ratio_threshold": float(ratio_threshold),
         "mean_similarity": float(sims.mean()),
         "median_similarity": float(np.median(sims)),
         "median_ratio": float(np.median(ratios)) if has_ratio else None,
     }
+
+
+def bootstrap_rate_ci(hits: int, n: int, level: float = 0.95, n_boot: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of a rate of ``hits`` out of ``n`` per-sample verdicts (fixed seed).
+
+    Resampling n verdicts with replacement from k ones and n - k zeros is a Binomial(n, k / n) draw,
+    so the per-sample verdicts need not be kept: the count and the sample size determine the interval.
+    """
+    if n < 1 or not 0 <= hits <= n:
+        raise ValueError(f"need 0 <= hits <= n and n >= 1, got hits={hits}, n={n}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    rates = rng.binomial(n, hits / n, size=n_boot) / n
+    lo, hi = np.quantile(rates, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def memorization_report(

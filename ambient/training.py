@@ -49,6 +49,13 @@ class TrainConfig:
     caption_dropout: float = 0.1
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     layers_per_block: int = 1
+    time_scale_shift: str = "default"  # default | scale_shift (FiLM after the norm: the embedding survives GroupNorm)
+    dropout: float = 0.0
+    weight_decay: float = 0.0  # decoupled (AdamW); 0 = plain Adam
+    p_mean: float = -1.2  # ln(sigma) ~ Normal(p_mean, p_std) for training noise levels
+    p_std: float = 1.2
+    high_weight: str = "edm"  # edm | ambient4: extra sigma^4 / (sigma^2 - sigma_n^2)^2 above sigma_n (clamped)
+    compile: bool = False  # torch.compile the network (pays off on GPUs and long CPU runs)
     precision: str = "auto"  # auto | bf16 | fp32
     checkpoint_every: int = 250
     snapshot_every: int = 0
@@ -67,6 +74,14 @@ class TrainConfig:
             raise ValueError(
                 "regime 'high' trains an Ambient network above sigma_n: use --loss ambient and 0 < sigma_n < 80"
             )
+        if self.time_scale_shift not in ("default", "scale_shift"):
+            raise ValueError(f"time_scale_shift must be 'default' or 'scale_shift', not {self.time_scale_shift!r}")
+        if self.high_weight not in ("edm", "ambient4"):
+            raise ValueError(f"high_weight must be 'edm' or 'ambient4', not {self.high_weight!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
+        if self.weight_decay < 0 or self.p_std <= 0:
+            raise ValueError("weight_decay must be >= 0 and p_std > 0")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
         for name in ("steps", "batch", "n", "checkpoint_every", "log_every"):
@@ -173,10 +188,23 @@ class Trainer:
         }
         torch.manual_seed(config.seed)  # the same initial weights on every rank and every rerun
         self.model = build_unet(
-            cond_dim, shape[1], shape[0], tuple(config.block_out_channels), config.layers_per_block, meta
+            cond_dim,
+            shape[1],
+            shape[0],
+            tuple(config.block_out_channels),
+            config.layers_per_block,
+            meta,
+            config.time_scale_shift,
+            config.dropout,
         ).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+        if config.weight_decay:
+            self.opt: torch.optim.Optimizer = torch.optim.AdamW(
+                self.model.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay
+            )
+        else:
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+        self.forward = torch.compile(self.model) if config.compile else self.model
         self.ddp = None
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
@@ -200,9 +228,13 @@ class Trainer:
         state = json.loads((ck / "state.json").read_text())
         saved = state["config"]
         keys = ("loss", "sigma_n", "regime", "n", "subset_seed", "seed", "batch", "block_out_channels")
-        for k in (*keys, "layers_per_block", "text_model", "data", "image_size"):
-            if saved.get(k) != json.loads(json.dumps(getattr(self.cfg, k))):
-                raise ValueError(f"{ck} was written with {k}={saved.get(k)!r}, this run has {getattr(self.cfg, k)!r}")
+        later = ("time_scale_shift", "dropout", "weight_decay", "p_mean", "p_std", "high_weight")
+        defaults = TrainConfig()
+        for k in (*keys, "layers_per_block", "text_model", "data", "image_size", *later):
+            # settings added after a checkpoint was written default to what that checkpoint used
+            old = saved.get(k, json.loads(json.dumps(getattr(defaults, k))))
+            if old != json.loads(json.dumps(getattr(self.cfg, k))):
+                raise ValueError(f"{ck} was written with {k}={old!r}, this run has {getattr(self.cfg, k)!r}")
         self.model.net.load_state_dict(load_file(str(ck / "model.safetensors")))
         self.ema.net.load_state_dict(load_file(str(ck / "ema.safetensors")))
         self.opt.load_state_dict(_unflatten_optimizer(load_file(str(ck / "optimizer.safetensors")), state["optimizer"]))
@@ -246,7 +278,7 @@ class Trainer:
         idx = torch.randint(len(self.images), (b,), generator=g)
         lo = self.cfg.sigma_n if self.cfg.regime == "high" else None
         hi = SIGMA_MAX if self.cfg.regime == "high" else None
-        sigma = sample_sigmas(b, g, sigma_lo=lo, sigma_hi=hi)
+        sigma = sample_sigmas(b, g, self.cfg.p_mean, self.cfg.p_std, sigma_lo=lo, sigma_hi=hi)
         noise = torch.randn(b, *self.images.shape[1:], generator=g)
         cond = None
         if self.captions is not None:
@@ -260,7 +292,9 @@ class Trainer:
         """One optimiser step; returns the loss."""
         idx, sigma, noise, cond = self._batch(self.step)
         x0 = self.images[idx]
-        net = self.ddp if self.ddp is not None else self.model
+        net = self.ddp if self.ddp is not None else self.forward
+        if self.cfg.dropout:  # dropout masks from (seed, rank, step) alone, so a resumed run is exact
+            torch.manual_seed((self.cfg.seed * 1_000_003 + self.rank) * 10_000_019 + self.step + 0xD0)
         lr = self.cfg.lr * min(1.0, (self.step + 1) / max(1, self.cfg.warmup))
         for group in self.opt.param_groups:
             group["lr"] = lr
@@ -268,7 +302,9 @@ class Trainer:
             if self.cfg.loss == "baseline":
                 loss = edm_loss(net, x0, sigma, noise, cond)
             else:
-                loss = ambient_loss(net, x0, sigma, self.cfg.sigma_n, self.eta[idx], noise, cond)
+                loss = ambient_loss(
+                    net, x0, sigma, self.cfg.sigma_n, self.eta[idx], noise, cond, high_weight=self.cfg.high_weight
+                )
         loss = loss.mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

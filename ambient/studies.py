@@ -1,0 +1,111 @@
+"""Studies: every snapshot of a training run scored for memorization and quality, as rows of a JSON file.
+
+A row is one point on the quality-memorization frontier: the ratio-test rate with its 95 % bootstrap
+interval, the cosine rates and the Frechet distance of one snapshot, sampled from the same seeds and
+prompts as every other row and scored against the exact training subset the run was trained on.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ambient.metrics import bootstrap_rate_ci
+
+
+def git_commit(repo: str | Path | None = None) -> str:
+    """The checked-out commit, with "+dirty" when tracked files differ from it ("unknown" outside git)."""
+    cwd = str(repo or Path(__file__).resolve().parents[1])
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=cwd, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def snapshots(run: Path) -> list[Path]:
+    """The run's snapshot folders in step order (its final model when it has none)."""
+    run = Path(run)
+    snaps = sorted((run / "snapshots").glob("step_*"))
+    if not snaps and (run / "model" / "config.json").is_file():
+        snaps = [run / "model"]
+    if not snaps:
+        raise FileNotFoundError(f"{run} has no snapshots and no model")
+    return snaps
+
+
+def with_interval(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with ``rate_ratio_ci95`` filled in from its rate and sample size when it lacks one."""
+    if row.get("rate_ratio") is not None and not row.get("rate_ratio_ci95"):
+        n = int(row.get("n") or row.get("n_samples"))
+        row = {**row, "rate_ratio_ci95": list(bootstrap_rate_ci(round(row["rate_ratio"] * n), n))}
+    return row
+
+
+def score_run(
+    run: Path,
+    baseline: Any = None,
+    sigma_c: float = 0.0,
+    mode: str = "handover",
+    n: int = 256,
+    steps: int = 18,
+    seed: int = 10_000,
+    every: int = 0,
+    min_step: int = 0,
+    done: Iterable[int | None] = (),
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Rows for the run's snapshots not in ``done`` (steps), plus its held-out reference row (step None).
+
+    ``baseline`` (a denoiser) takes over below ``sigma_c`` in hand-over mode, as in the app.
+    """
+    from ambient.data import balanced_subset, load_fashion_mnist, training_set_of
+    from ambient.denoiser import load_denoiser
+    from ambient.evaluate import encode_prompts, generate, prompt_plan, score_samples
+    from ambient.neighbours import TrainingSetIndex
+
+    if n < 2:
+        raise ValueError("a study needs at least 2 samples a snapshot")
+    done = set(done)
+    rows: list[dict[str, Any]] = []
+    ctx: dict[str, Any] = {}
+    for snap in snapshots(run):
+        model = load_denoiser(snap)
+        step = int(model.meta.get("steps", 0))
+        if step < min_step or (every and step % every) or step in done:
+            continue
+        if not ctx:  # one training set and one held-out reference per run
+            train = training_set_of(snap)
+            ctx["index"] = TrainingSetIndex(train.images, train.ids)
+            ref = balanced_subset(load_fashion_mnist("test"), 2 * n, seed=1)  # as evaluate_pair: half reference
+            ctx["reference"], held_out = ref.images[:n], ref.images[n:]
+            if None not in done:
+                r = score_samples(held_out, ctx["index"], ref.labels[n:].tolist(), ctx["reference"])
+                rows.append({"run": str(run), "n_train": len(train), "step": None, "samples": "held-out", **r})
+            prompts, ctx["ids"] = prompt_plan(n, model.meta.get("class_names"))
+            ctx["cond"] = encode_prompts(prompts, model.meta.get("text_model"), model.cond_dim)
+            ctx["n_train"] = len(train)
+        x = generate(model, baseline, list(range(seed, seed + n)), ctx["cond"], steps, sigma_c, mode, bf16=True)
+        r = score_samples(x, ctx["index"], ctx["ids"], ctx["reference"])
+        rows.append({"run": str(run), "n_train": ctx["n_train"], "step": step, "samples": snap.name, **r})
+        log(
+            f"{run} step {step}: ratio {r['rate_ratio']:.3f} cos>0.95 {r['rate_similarity']['0.95']:.3f} "
+            f"FD {r['frechet_distance']:.2f} fidelity {r.get('prompt_fidelity', float('nan')):.3f}"
+        )
+    return rows
+
+
+def set_threads(k: int) -> None:
+    """Use k torch threads (and as many for faiss, when it is there)."""
+    torch.set_num_threads(max(1, k))
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(max(1, k))
+    except ImportError:
+        pass
