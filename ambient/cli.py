@@ -1,4 +1,4 @@
-"""Command line: ``python -m ambient train | sample | index | evaluate``."""
+"""Command line: ``python -m ambient train | sample | index | evaluate | grid``."""
 
 from __future__ import annotations
 
@@ -7,22 +7,79 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 
+# One line per TrainConfig field: the help of ``python -m ambient train``'s options (a test checks that every
+# field has one). argparse %-formats help strings: write no bare percent sign here.
+TRAIN_HELP: dict[str, str] = {
+    "out": "run folder: checkpoint/ (to resume), model/ (the exported EMA model) and snapshots/ go here",
+    "data": "training data: 'fashion-mnist', 'fashion-mnist:FOLDER', a .npz file or an image folder",
+    "n": "number of training images (a class-balanced subset of the data)",
+    "subset_seed": "seed of the choice of that subset",
+    "image_size": "image side in pixels (Fashion-MNIST's 28 are padded to it)",
+    "loss": "'baseline' (EDM) or 'ambient' (above sigma_n only fixed noisy copies of the data are seen)",
+    "sigma_n": "noise level of the fixed noisy copies; the ambient loss needs it > 0",
+    "regime": "'all' (one network for every sigma) or 'high' (only sigma >= sigma_n: a high-noise-only Ambient network)",
+    "steps": "optimiser steps in all; a resumed run continues up to this",
+    "batch": "images per step (split across processes under torchrun)",
+    "lr": "peak learning rate",
+    "warmup": "steps of linear learning-rate warm-up",
+    "ema": "decay of the exponential moving average of the weights (the exported model is the average)",
+    "seed": "seed of the initial weights, batches, noise levels and each training image's fixed noise",
+    "text_model": "sentence encoder of the class captions, or 'none' for an unconditional model",
+    "caption_dropout": "probability that a training image's caption is dropped (for classifier-free guidance)",
+    "block_out_channels": "channels of the UNet's resolution levels, finest first",
+    "layers_per_block": "ResNet layers per UNet block",
+    "time_scale_shift": "'default' (the noise/text embedding is added) or 'scale_shift' (FiLM after GroupNorm)",
+    "dropout": "dropout in the UNet's ResNet blocks, in [0, 1)",
+    "weight_decay": "decoupled weight decay (AdamW); 0 is plain Adam",
+    "p_mean": "mean of ln(sigma) of the training noise levels: ln(sigma) ~ Normal(p_mean, p_std)",
+    "p_std": "standard deviation of ln(sigma) of the training noise levels",
+    "high_weight": "loss weight above sigma_n: 'edm' (EDM's) or 'ambient4' (EDM's times sigma^4 / (sigma^2 - sigma_n^2)^2, "
+    "at most 100)",
+    "compile": "torch.compile the network (pays off on GPUs and long CPU runs)",
+    "precision": "'auto' (bf16 where the device has it natively), 'bf16' or 'fp32'",
+    "checkpoint_every": "write a resumable checkpoint every this many steps (and at the end)",
+    "snapshot_every": "also export the model to snapshots/step_NNNNNN every this many steps (0: never)",
+    "log_every": "log the mean loss and images/s every this many steps",
+    "progress": "show a progress bar (--no-progress: a log line every --log-every steps)",
+}
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" to every option's help, except where there is nothing to show (required
+    options, None or empty defaults, which the help text explains, and plain on/off switches)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        if (
+            action.required
+            or default is None
+            or default in ((), "")
+            or (action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction))
+        ):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _parser(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
+
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from ambient.training import TrainConfig
 
-    p = sub.add_parser("train", help="train a baseline or Ambient model (resumes from out/checkpoint)")
+    p = _parser(sub, "train", "train a baseline or Ambient model (resumes from OUT/checkpoint)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help = TRAIN_HELP.get(f.name)
         if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
         elif isinstance(default, list):
-            p.add_argument(flag, type=int, nargs="+", default=default)
+            p.add_argument(flag, type=int, nargs="+", default=default, help=help)
         elif f.name == "text_model":
-            p.add_argument(flag, default=default, help="sentence encoder name, or 'none' for unconditional")
+            p.add_argument(flag, default=default, help=help)
         else:
-            p.add_argument(flag, type=type(default), default=default)
+            p.add_argument(flag, type=type(default), default=default, help=help)
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -37,17 +94,23 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="generate images and write a PNG grid")
+    p = _parser(sub, "sample", "generate images and write a PNG grid")
     p.add_argument("--model", required=True, help="model folder (or diffusers pipeline folder / hub id)")
-    p.add_argument("--baseline", help="second model for the hand-over below sigma_c")
+    p.add_argument("--baseline", help="second model, used below sigma_c in handover mode (default: --model alone)")
     p.add_argument("--sigma-c", type=float, default=0.0, help="noise cutoff (hand-over or truncate)")
-    p.add_argument("--mode", choices=["handover", "truncate"], default="handover")
-    p.add_argument("--prompt", default="", help="text prompt ('' = unconditional)")
+    p.add_argument(
+        "--mode",
+        choices=["handover", "truncate"],
+        default="handover",
+        help="handover: --model above sigma_c, --baseline below; truncate: stop at sigma_c and return --model's "
+        "estimate of the clean image there",
+    )
+    p.add_argument("--prompt", default="", help="text prompt (default: '', unconditional)")
     p.add_argument("--n", type=int, default=16, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="first seed (seeds are seed..seed+n-1)")
-    p.add_argument("--steps", type=int, default=18)
-    p.add_argument("--guidance", type=float, default=1.0)
-    p.add_argument("--out", default="samples.png")
+    p.add_argument("--steps", type=int, default=18, help="noise levels of the Karras schedule (Heun sampler)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: no guidance)")
+    p.add_argument("--out", default="samples.png", help="PNG file for the grid of samples")
 
 
 def _run_sample(args: argparse.Namespace) -> int:
@@ -67,14 +130,21 @@ def _run_sample(args: argparse.Namespace) -> int:
 
 
 def _add_index(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("index", help="build the nearest-neighbour index over a model's training images")
+    p = _parser(sub, "index", "build the nearest-neighbour index over a model's training images")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="model folder: its config names the training ids and dataset")
     src.add_argument("--data", help="a .npz file, an image folder or 'fashion-mnist'")
     p.add_argument(
-        "--embedder", default="pixels", help="pixels | efficientnet-lite0 | fmnist-cnn | open_clip:.. | dinov2:.."
+        "--embedder",
+        default="pixels",
+        help="feature space of the similarity test: pixels | efficientnet-lite0 | fmnist-cnn | open_clip:.. | dinov2:..",
     )
-    p.add_argument("--kind", choices=["flat", "ivf"], default="flat")
+    p.add_argument(
+        "--kind",
+        choices=["flat", "ivf"],
+        default="flat",
+        help="flat: exact search; ivf: inverted lists, approximate and faster for large training sets",
+    )
     p.add_argument("--threshold", type=float, default=0.95, help="cosine above which a sample counts as a copy")
     p.add_argument("--out", required=True, help="folder: train.npz and index/ are written into it")
 
@@ -95,18 +165,18 @@ def _run_index(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="memorization, quality and the sigma_c sweep of a model pair")
+    p = _parser(sub, "evaluate", "memorization, quality and the sigma_c sweep of a model pair")
     p.add_argument("--ambient", required=True, help="Ambient model folder (used above sigma_c)")
     p.add_argument("--baseline", required=True, help="baseline model folder (used below sigma_c)")
     p.add_argument("--pair-dir", required=True, help="folder with train.npz and index/ (from 'index')")
     p.add_argument("--n", type=int, default=1000, help="samples per model for the main comparison")
     p.add_argument("--sweep-n", type=int, default=256, help="samples per sigma_c in the sweep")
     p.add_argument("--sweep-points", type=int, default=9, help="log-spaced sigma_c values in [sigma_min, sigma_max]")
-    p.add_argument("--sweep-min", type=float, default=None, help="lowest sigma_c of the sweep (default sigma_min)")
-    p.add_argument("--steps", type=int, default=18)
-    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--sweep-min", type=float, default=None, help="lowest sigma_c of the sweep (default: sigma_min)")
+    p.add_argument("--steps", type=int, default=18, help="noise levels of the Karras schedule (Heun sampler)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: no guidance)")
     p.add_argument("--seed", type=int, default=10_000, help="first sampling seed")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="sample under bf16 autocast")
     p.add_argument("--out", required=True, help="folder for report.json, sweep.json and sweep.png")
 
 
@@ -138,15 +208,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_grid(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "grid",
-        help="train and score a grid of runs from a JSON file (resumable)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = _parser(sub, "grid", "train and score a grid of runs from a JSON file (resumable)")
     p.add_argument("file", help="grid JSON: name, runs_dir, studies_dir, defaults, eval, runs")
     p.add_argument("--jobs", type=int, default=1, help="training processes at once")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per training process (default cores/jobs)")
-    p.add_argument("--only", nargs="+", default=(), help="names of the runs to do (default all)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per training process (default: cores / jobs)")
+    p.add_argument("--only", nargs="+", default=(), help="names of the runs to do (default: all)")
     p.add_argument("--no-train", dest="train", action="store_false", help="only score existing snapshots")
     p.add_argument("--no-eval", dest="evaluate", action="store_false", help="only train")
 

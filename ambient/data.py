@@ -153,8 +153,8 @@ def load_fashion_mnist(split: str = "train", folder: str | Path | None = None, s
     lab_path = _find(folder, f"{prefix}-labels-idx1-ubyte")
     if img_path is None or lab_path is None:
         raise FileNotFoundError(
-            f"Fashion-MNIST {split} files not found in {folder}. Install them with "
-            "'sudo apt-get install dataset-fashion-mnist' (files land in /usr/share/datasets/fashion-mnist/) "
+            f"Fashion-MNIST {split} files not found in {folder}. Install them with 'bash scripts/setup.sh' or "
+            "'apt-get install dataset-fashion-mnist' (files land in /usr/share/datasets/fashion-mnist/) "
             "or pass the folder holding the IDX files."
         )
     imgs = _read_idx(img_path)

@@ -1,10 +1,17 @@
 """A tiny end-to-end run through the CLI: train, sample, index, evaluate (CPU, well under a minute)."""
 
+import argparse
+import dataclasses
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
+
+from ambient.cli import TRAIN_HELP, main
+from ambient.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,3 +130,55 @@ def test_train_sample_index_evaluate(tmp_path):
     assert len(report["commands"]) == 2
     r = copy_vs_steps("--append", "--sigma-c", "2")  # rows made with other settings are not mixed
     assert r.returncode != 0 and "other sigma_c" in r.stderr
+
+
+def _verb_parser(verb, monkeypatch):
+    """The parser of ``python -m ambient VERB``, as main() builds it."""
+    seen = []
+    parse = argparse.ArgumentParser.parse_args
+
+    def spy(self, args=None, namespace=None):
+        seen.append(self)
+        return parse(self, args, namespace)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", spy)
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside a help text
+    with pytest.raises(SystemExit) as e:
+        main([verb, "--help"])
+    assert e.value.code == 0
+    sub = next(a for a in seen[0]._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[verb]
+
+
+def _help_of(parser):
+    """Each option's help as ``--help`` prints it, keyed by its first flag."""
+    text = " ".join(parser.format_help().split())
+    formatter = parser._get_formatter()
+    out = {}
+    for a in parser._actions:
+        if a.option_strings and a.option_strings[0] != "-h":
+            assert a.help, f"{a.option_strings[0]} has no help text"
+            out[a.option_strings[0]] = shown = formatter._expand_help(a)
+            assert " ".join(shown.split()) in text
+    return out
+
+
+def test_every_train_option_has_a_help_text_with_its_default(monkeypatch):
+    fields = dataclasses.fields(TrainConfig)
+    assert set(TRAIN_HELP) == {f.name for f in fields}  # a new TrainConfig field needs a help text
+    shown = _help_of(_verb_parser("train", monkeypatch))
+    for f in fields:
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        assert shown[flag] == f"{TRAIN_HELP[f.name]} (default: {default})", flag
+
+
+@pytest.mark.parametrize("verb", ["sample", "index", "evaluate", "grid"])
+def test_every_option_of_the_other_verbs_has_a_help_text_with_its_default(verb, monkeypatch):
+    parser = _verb_parser(verb, monkeypatch)
+    shown = _help_of(parser)  # asserts that every option has a help text
+    assert shown
+    for a in parser._actions:
+        if a.option_strings and a.option_strings[0] in shown and not a.required and a.default not in (None, "", ()):
+            if a.nargs != 0 or isinstance(a, argparse.BooleanOptionalAction):
+                assert f"(default: {a.default})" in shown[a.option_strings[0]], a.option_strings[0]

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Set up a machine to run the tests: system packages (Debian/Ubuntu), then .venv with requirements-dev.txt.
+#
+#   bash scripts/setup.sh && .venv/bin/python -m pytest -q
+#
+# Works in a root shell without sudo (a fresh Debian container, CI) and on a laptop (sudo is used only when
+# not root). apt is skipped when the packages are already installed, or when there is no apt-get (then the
+# tests that need Fashion-MNIST or Chromium say what is missing). Safe to run again.
+# Environment: PYTHON (default python3), VENV (default .venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+VENV="${VENV:-.venv}"
+packages=(dataset-fashion-mnist chromium)
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+  packages+=(python3 python3-venv)
+elif ! "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1; then
+  packages+=(python3-venv)  # Debian splits venv/ensurepip out of python3
+fi
+
+if command -v dpkg >/dev/null 2>&1 && dpkg -s "${packages[@]}" >/dev/null 2>&1; then
+  echo "setup: apt packages already installed (${packages[*]})"
+elif command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    as_root=()
+  elif command -v sudo >/dev/null 2>&1; then
+    as_root=(sudo)
+  else
+    echo "setup: need root or sudo to install ${packages[*]} with apt-get" >&2
+    exit 1
+  fi
+  echo "setup: apt-get install ${packages[*]}"
+  ${as_root[@]+"${as_root[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  ${as_root[@]+"${as_root[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}"
+else
+  echo "setup: no apt-get here; install Fashion-MNIST (/usr/share/datasets/fashion-mnist) and Chromium yourself" >&2
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+echo "setup: pip install -r requirements-dev.txt"
+"$VENV/bin/python" -m pip install -q -r requirements-dev.txt
