@@ -597,6 +597,22 @@ class Handlers:
                 plot = None
         return SweepView(list(s["sweep"]), s.get("sigma_n", p.sigma_n), md, plot)
 
+    def precomputed_frontier(self, pair: str | None) -> tuple[str, Image.Image | None]:
+        """The quality-memorization frontier shipped with the pair: what it says, and its plot."""
+        from ambient.frontier import summary
+
+        p = self.pair(pair)
+        if not p.frontier:
+            return "No frontier ships with this pair (`python scripts/frontier.py <pair folder>` writes one).", None
+        plot = None
+        if p.frontier_plot is not None:
+            try:
+                with Image.open(p.frontier_plot) as im:
+                    plot = im.convert("RGB")
+            except (OSError, ValueError):
+                plot = None
+        return summary(p.frontier), plot
+
     def live_sweep(
         self,
         pair: str | None,

@@ -35,7 +35,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HUB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 HUB_PREFIX = "hub:"
 KINDS = ("edm", "diffusers")
-PATH_FIELDS = ("ambient", "baseline", "train_data", "index", "sweep", "sweep_plot", "reference_data")
+PATH_FIELDS = ("ambient", "baseline", "train_data", "index", "sweep", "sweep_plot", "frontier", "reference_data")
 KNOWN_KEYS = {"name", "title", "kind", "text_model", "sigma_n", "description", *PATH_FIELDS}
 
 
@@ -73,6 +73,7 @@ class PairSpec:
     index: str | None = None
     sweep: str | None = None
     sweep_plot: str | None = None
+    frontier: str | None = None
     reference_data: str | None = None
     text_model: str | None = None
     sigma_n: float | None = None
@@ -162,6 +163,7 @@ def parse_config(data: Any, base_dir: str | Path, path: Path | None = None) -> P
                     index=entry.get("index"),
                     sweep=entry.get("sweep"),
                     sweep_plot=entry.get("sweep_plot"),
+                    frontier=entry.get("frontier"),
                     reference_data=entry.get("reference_data"),
                     text_model=entry.get("text_model"),
                     sigma_n=None if sigma_n is None else float(sigma_n),
@@ -236,6 +238,8 @@ class ModelPair:
     text_model: str | None = None
     sweep: dict[str, Any] | None = None
     sweep_plot: Path | None = None
+    frontier: dict[str, Any] | None = None
+    frontier_plot: Path | None = None
     reference: Any = None
     device: str = "cpu"
     warnings: list[str] = field(default_factory=list)
@@ -384,6 +388,27 @@ def _read_sweep(spec: PairSpec, policy: PathPolicy, warnings: list[str]) -> tupl
     return sweep, plot
 
 
+def _read_frontier(
+    spec: PairSpec, policy: PathPolicy, warnings: list[str], n_train: int
+) -> tuple[dict[str, Any] | None, Path | None]:
+    from ambient.frontier import read_frontier
+
+    if not spec.frontier:
+        return None, None
+    try:
+        folder = policy.resolve(spec, "frontier", spec.frontier)
+        data = read_frontier(folder)
+        name = data.get("plots", {}).get(str(n_train))  # the plot at this pair's training-set size
+        plot = folder / name if name else None
+        if plot is None or not plot.is_file():
+            warnings.append(f"the frontier has no plot for N = {n_train}.")
+            plot = None
+        return data, plot
+    except (PairError, OSError, ValueError) as e:
+        warnings.append(f"no frontier ({e}). Write one with `python scripts/frontier.py <pair folder>`.")
+        return None, None
+
+
 def load_pair(
     spec: PairSpec, allowed_dirs: list[str | Path] | tuple[str | Path, ...] = (), device: str = "cpu"
 ) -> ModelPair:
@@ -457,6 +482,7 @@ def load_pair(
         except PairError as e:
             warnings.append(f"no held-out reference images ({e.problem}); the live sweep reports memorization only.")
     sweep, plot = _read_sweep(spec, policy, warnings)
+    frontier, frontier_plot = _read_frontier(spec, policy, warnings, len(train))
     lo = max(float(getattr(ambient, "sigma_min", 0.002)), float(getattr(baseline, "sigma_min", 0.002)))
     hi = min(float(getattr(ambient, "sigma_max", 80.0)), float(getattr(baseline, "sigma_max", 80.0)))
     if device != "cpu":
@@ -477,6 +503,8 @@ def load_pair(
         text_model=text_model if cond_a else None,
         sweep=sweep,
         sweep_plot=plot,
+        frontier=frontier,
+        frontier_plot=frontier_plot,
         reference=reference,
         device=device,
         warnings=warnings,

@@ -226,6 +226,16 @@ def build_app(handlers: Handlers, banner: str = "", warning: str = "", max_concu
 
             # ------------------------------------------------------------------ 4
             with gr.Tab("Trade-off", id="tradeoff"):
+                fr_md0, fr_img0 = H.precomputed_frontier(default) if first else ("", None)
+                frontier_md = gr.Markdown(fr_md0, elem_id="frontier-md")
+                frontier_img = gr.Image(
+                    fr_img0,
+                    label="Quality against memorization: every snapshot of every run (stars: the shipped models)",
+                    interactive=False,
+                    type="pil",
+                    visible=fr_img0 is not None,
+                )
+                gr.Markdown("#### The noise cutoff of this pair: hand-over sweep")
                 sv0 = H.precomputed_sweep(default) if first else None
                 sweep_md = gr.Markdown(sv0.markdown if sv0 else "")
                 has_rows = bool(sv0 and sv0.rows)
@@ -407,9 +417,20 @@ def build_app(handlers: Handlers, banner: str = "", warning: str = "", max_concu
             try:
                 p = H.pair(pair)
             except InputError:
-                return (st, *[gr.skip()] * 3, "This pair cannot be used (see above).", None, None, None, None)
+                return (
+                    st,
+                    *[gr.skip()] * 3,
+                    "This pair cannot be used (see above).",
+                    None,
+                    None,
+                    None,
+                    None,
+                    "",
+                    gr.update(value=None, visible=False),
+                )
             a, b = h.slider_range(p)
             sv = H.precomputed_sweep(pair)
+            fr_md, fr_img = H.precomputed_frontier(pair)
             return (
                 st,
                 gr.update(minimum=a, maximum=b, value=a),
@@ -422,6 +443,8 @@ def build_app(handlers: Handlers, banner: str = "", warning: str = "", max_concu
                 gr.update(value=_df(sv.rows, p) if sv.rows else None, visible=bool(sv.rows)),
                 sv.plot,
                 H.training_gallery(pair),
+                fr_md,
+                gr.update(value=fr_img, visible=fr_img is not None),
             )
 
         pair_outputs = [
@@ -434,6 +457,8 @@ def build_app(handlers: Handlers, banner: str = "", warning: str = "", max_concu
             sweep_tab,
             sweep_png,
             train_gallery,
+            frontier_md,
+            frontier_img,
         ]
         pair_dd.change(on_pair, pair_dd, pair_outputs, api_visibility="private", **heavy)
 

@@ -1,0 +1,63 @@
+"""Build the quality-memorization frontier from every study JSON of a pair: a PNG per N and one JSON.
+
+Usage:
+  python scripts/frontier.py assets/fmnist-100
+writes assets/fmnist-100/frontier/frontier.json and frontier_n<N>.png (every run's snapshots, the shipped
+pairs marked, each Ambient point compared with the baseline's early-stopping frontier at its quality).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ambient import frontier  # noqa: E402
+from ambient.evaluate import write_json  # noqa: E402
+from ambient.studies import git_commit  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Collect the points, compare them with the baseline frontier, write JSON and plots."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("pair_dir", type=Path, help="pair folder with studies/ and eval*/report.json")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default <pair_dir>/frontier)")
+    a = p.parse_args(argv)
+    out = a.out or a.pair_dir / "frontier"
+    points, failed = frontier.load_points([a.pair_dir / "studies"])
+    if not points:
+        p.error(f"no study rows under {a.pair_dir / 'studies'}")
+    marks = frontier.shipped_marks(a.pair_dir)
+    compared = frontier.compare(points)
+    plots = {}
+    for n in sorted({q["n_train"] for q in points if q["n_train"]}):
+        path = frontier.plot_frontier(points, out / f"frontier_n{n}.png", marks if n == 100 else (), n)
+        plots[str(n)] = path.name
+    write_json(
+        {
+            "what": "ratio-test rate (95 % bootstrap interval) against Frechet distance, one point per snapshot",
+            "commit": git_commit(),
+            "command": " ".join(["python", *sys.argv]),
+            "plots": plots,
+            "points": points,
+            "ambient_vs_frontier": compared,
+            "shipped": marks,
+            "failed_runs": [{"study": f["study"], "label": f["label"], "error": f.get("error")} for f in failed],
+        },
+        out / "frontier.json",
+    )
+    for c in compared:
+        ref = c["baseline_frontier_rate"]
+        print(
+            f"{c['label']:70s} N={c['n_train']} step {c['step']}: {100 * c['rate_ratio']:5.1f} % at FD "
+            f"{c['frechet_distance']:6.2f}; baseline frontier {'n/a' if ref is None else f'{100 * ref:5.1f} %'}"
+            f" -> {c['vs_frontier']}"
+        )
+    print(f"wrote {out / 'frontier.json'} and {', '.join(plots.values())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

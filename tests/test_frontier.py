@@ -1,0 +1,96 @@
+"""The quality-memorization frontier: bootstrap intervals, the baseline's early-stopping curve, shipped data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ambient import frontier
+from ambient.metrics import bootstrap_rate_ci
+
+PAIR = Path(__file__).resolve().parents[1] / "assets" / "fmnist-100"
+
+
+def test_bootstrap_interval_covers_the_true_rate_about_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    p, n, trials = 0.3, 256, 300
+    hits = rng.binomial(n, p, size=trials)
+    covered = sum(lo <= p <= hi for lo, hi in (bootstrap_rate_ci(int(k), n, n_boot=2000, seed=1) for k in hits))
+    # 95 % nominal; with 300 trials a binomial 99.9 % band around 0.95 is about [0.91, 0.98]
+    assert 0.90 <= covered / trials <= 0.99
+
+
+def test_bootstrap_interval_is_fixed_by_its_seed_and_narrows_with_n():
+    assert bootstrap_rate_ci(50, 100) == bootstrap_rate_ci(50, 100)
+    lo1, hi1 = bootstrap_rate_ci(50, 100)
+    lo2, hi2 = bootstrap_rate_ci(500, 1000)
+    assert lo1 < 0.5 < hi1 and hi2 - lo2 < (hi1 - lo1) / 2
+    assert bootstrap_rate_ci(0, 64) == (0.0, 0.0)
+    with pytest.raises(ValueError):
+        bootstrap_rate_ci(5, 4)
+
+
+def _pt(label, kind, step, rate, fd, n_train=100, run="r"):
+    return {
+        "label": label,
+        "kind": kind,
+        "run": run,
+        "step": step,
+        "n_train": n_train,
+        "n": 256,
+        "rate_ratio": rate,
+        "rate_ratio_ci95": list(bootstrap_rate_ci(round(rate * 256), 256)),
+        "frechet_distance": fd,
+    }
+
+
+def test_baseline_frontier_interpolates_between_snapshots_and_judges_variants():
+    base = [
+        _pt("baseline", "baseline", s, r, fd, run="b") for s, r, fd in ((1, 0.0, 20.0), (2, 0.2, 10.0), (3, 0.6, 5.0))
+    ]
+    assert frontier.baseline_rate_at(base, 7.5, 100) == pytest.approx(0.4)
+    assert frontier.baseline_rate_at(base, 30.0, 100) is None  # outside the baseline's range: undecided
+    assert frontier.baseline_rate_at(base, 7.5, 300) is None  # another N has its own frontier
+    good = _pt("amb", "ambient", 5, 0.1, 7.5, run="a")
+    bad = _pt("amb", "ambient", 5, 0.8, 7.5, run="a")
+    same = _pt("amb", "ambient", 5, 0.41, 7.5, run="a")
+    verdicts = {round(c["rate_ratio"], 2): c["vs_frontier"] for c in frontier.compare([*base, good, bad, same])}
+    assert verdicts == {0.1: "below", 0.8: "above", 0.41: "on"}
+
+
+def test_shipped_studies_load_as_frontier_points_with_intervals():
+    points, failed = frontier.load_points([PAIR / "studies"])
+    assert failed == [] or all("error" in f for f in failed)
+    kinds = {p["kind"] for p in points}
+    assert {"baseline", "ambient", "reference"} <= kinds
+    for p in points:
+        lo, hi = p["rate_ratio_ci95"]
+        assert lo <= p["rate_ratio"] <= hi
+        assert p["frechet_distance"] > 0
+    assert {p["n_train"] for p in points if p["kind"] == "baseline"} >= {100, 300}
+
+
+def test_shipped_frontier_json_and_plot_agree_with_the_studies():
+    data = frontier.read_frontier(PAIR / "frontier")
+    points, _ = frontier.load_points([PAIR / "studies"])
+    assert len(data["points"]) == len(points)
+    assert (PAIR / "frontier" / data["plots"]["100"]).is_file()
+    assert data["shipped"], "the shipped pairs are marked"
+    md = frontier.summary(data)
+    assert f"{len(points)} scored snapshots" in md
+
+
+def test_read_frontier_rejects_a_file_without_points(tmp_path):
+    (tmp_path / "frontier.json").write_text(json.dumps({"points": []}))
+    with pytest.raises(ValueError, match="no frontier points"):
+        frontier.read_frontier(tmp_path)
+
+
+def test_describe_config_names_what_differs():
+    cfg = {"loss": "ambient", "regime": "high", "sigma_n": 0.5, "dropout": 0.1, "time_scale_shift": "scale_shift"}
+    label = frontier.describe_config(cfg, {"baseline": "b", "sigma_c": 0.5})
+    assert label == "Ambient high-noise-only, sigma_n 0.5, scale-shift cond., dropout 0.1, hand-over at 0.5"
+    assert frontier.describe_config({"loss": "baseline"}) == "baseline"
