@@ -111,8 +111,10 @@ def test_sweep_endpoint(client):
     r = client.predict(pair="", live=False, api_name="/sweep")
     assert r["rows"] == [] and "No precomputed sweep" in r["about"] and r["sigma_n"] == 1.0
     r = client.predict(pair="", live=True, n_seeds=2, points=2, steps=2, api_name="/sweep")
-    assert [round(x["sigma_c"], 3) for x in r["rows"]] == [0.002, 1.0, 80.0, 80.8]
-    assert r["rows"][-1]["rate_similarity"]["0.95"] == 1.0
+    sigma_cs = [x["sigma_c"] for x in r["rows"]]  # the two ends, sigma_n, and baseline alone past sigma_max
+    assert len(sigma_cs) == 4 and sigma_cs[:3] == pytest.approx([0.002, 1.0, 80.0]) and sigma_cs[3] > 80.0
+    assert r["rows"][0]["rate_similarity"]["0.95"] == 0.0  # Ambient alone: no copies
+    assert r["rows"][-1]["rate_similarity"]["0.95"] == 1.0  # baseline alone (the memorizer): all copies
 
 
 def test_the_documented_client_example_runs(server, tmp_path, monkeypatch):
@@ -127,8 +129,12 @@ def test_the_documented_client_example_runs(server, tmp_path, monkeypatch):
     with contextlib.redirect_stdout(out):
         exec(compile(code, "api_example", "exec"), {})
     printed = [line for line in out.getvalue().splitlines() if not line.startswith("Loaded as API")]
-    assert printed[0] == "{'ambient': 0, 'baseline': 4}"
-    assert printed[2] in ("True", "False") and (tmp_path / "ambient0.png").exists()
+    assert len(printed) == 4
+    assert printed[0] == "{'ambient': 0, 'baseline': 4}"  # the tiny pair's baseline is a memorizer
+    assert printed[1].startswith("[{'id': ") and "'similarity': " in printed[1]
+    assert printed[2] == "False"  # a flat grey query is a copy of no training image
+    assert printed[3] == "[]"  # the tiny pair ships no sweep
+    assert (tmp_path / "ambient0.png").exists()
     assert os.path.getsize(tmp_path / "ambient0.png") > 0
 
 

@@ -24,7 +24,7 @@ def train():
 
 
 @pytest.fixture(scope="module")
-def test_500():
+def heldout_500():
     return balanced_subset(load_fashion_mnist("test"), 500, seed=0)
 
 
@@ -104,8 +104,8 @@ def test_frechet_input_validation():
         frechet_distance(np.full((5, 3), np.nan), np.zeros((5, 3)))
 
 
-def test_frechet_report_separates_real_from_degraded_images(test_500):
-    a, b = test_500.images[::2], test_500.images[1::2]
+def test_frechet_report_separates_real_from_degraded_images(heldout_500):
+    a, b = heldout_500.images[::2], heldout_500.images[1::2]
     g = torch.Generator().manual_seed(0)
     noisy = (b + 0.5 * torch.randn(b.shape, generator=g)).clamp(-1, 1)
     same = frechet_report(a, b)
@@ -138,10 +138,10 @@ def test_memorization_stats_counts_rates():
         memorization_stats([])
 
 
-def test_memorization_report_finds_the_copies(index, train, test_500):
+def test_memorization_report_finds_the_copies(index, train, heldout_500):
     g = torch.Generator().manual_seed(0)
     copies = train.images[:10] + 0.01 * torch.randn(10, 1, 32, 32, generator=g)
-    samples = torch.cat([copies, test_500.images[:10]])
+    samples = torch.cat([copies, heldout_500.images[:10]])
     report = memorization_report(samples, index)
     assert report["n"] == 20 and report["n_training"] == 300 and report["threshold"] == 0.95
     assert report["rate_ratio"] == 0.5
@@ -149,8 +149,8 @@ def test_memorization_report_finds_the_copies(index, train, test_500):
     assert report["rate_copy"] == report["rate_similarity"]["0.95"]
 
 
-def test_held_out_reference_is_creative(index, test_500):
-    ref = held_out_reference(index, test_500.images[:100])
+def test_held_out_reference_is_creative(index, heldout_500):
+    ref = held_out_reference(index, heldout_500.images[:100])
     assert ref["reference"] == "held-out real images" and ref["n"] == 100
     assert ref["rate_ratio"] == 0.0
     assert ref["rate_similarity"]["0.95"] < 0.2  # 0.08: centred pixels of different garments can look alike
@@ -160,23 +160,23 @@ def test_held_out_reference_is_creative(index, test_500):
 # --- prompt fidelity ------------------------------------------------------------------------------
 
 
-def test_prompt_fidelity_high_for_true_labels_chance_for_shuffled(test_500):
-    labels = test_500.labels.tolist()
-    true = prompt_fidelity(test_500.images, labels)
+def test_prompt_fidelity_high_for_true_labels_chance_for_shuffled(heldout_500):
+    labels = heldout_500.labels.tolist()
+    true = prompt_fidelity(heldout_500.images, labels)
     assert true["n"] == 500 and true["accuracy"] >= 0.85
     assert true["classifier"] == "fmnist-cnn (assets/classifier)"
     shuffled = np.random.default_rng(0).permutation(labels).tolist()
     # 500 draws at p = 0.1 (balanced classes): sd 0.013, so 0.04..0.16 is more than 4 sd either side
-    assert 0.04 <= prompt_fidelity(test_500.images, shuffled)["accuracy"] <= 0.16
+    assert 0.04 <= prompt_fidelity(heldout_500.images, shuffled)["accuracy"] <= 0.16
 
 
-def test_prompt_fidelity_skips_unconditional_samples(test_500):
-    labels = test_500.labels[:20].tolist()
+def test_prompt_fidelity_skips_unconditional_samples(heldout_500):
+    labels = heldout_500.labels[:20].tolist()
     ids = [-1] * 5 + labels[5:]
-    res = prompt_fidelity(test_500.images[:20], ids, classifier=load_default_classifier())
+    res = prompt_fidelity(heldout_500.images[:20], ids, classifier=load_default_classifier())
     assert res["n"] == 15 and res["n_skipped"] == 5
-    assert prompt_fidelity(test_500.images[:3], [-1, -1, -1])["accuracy"] is None
+    assert prompt_fidelity(heldout_500.images[:3], [-1, -1, -1])["accuracy"] is None
     with pytest.raises(ValueError, match="class ids"):
-        prompt_fidelity(test_500.images[:2], [0, 10])
+        prompt_fidelity(heldout_500.images[:2], [0, 10])
     with pytest.raises(ValueError, match="2 class ids for 3 samples"):
-        prompt_fidelity(test_500.images[:3], [0, 1])
+        prompt_fidelity(heldout_500.images[:3], [0, 1])

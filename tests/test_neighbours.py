@@ -23,7 +23,7 @@ def train():
 
 
 @pytest.fixture(scope="module")
-def test_set():
+def heldout_40():
     return balanced_subset(load_fashion_mnist("test"), 40, seed=1)
 
 
@@ -191,16 +191,16 @@ def test_training_images_validation():
 # --- ratio test -----------------------------------------------------------------------------------
 
 
-def test_ratio_flags_a_noised_training_image_but_not_held_out_images(pixel_index, train, test_set):
+def test_ratio_flags_a_noised_training_image_but_not_held_out_images(pixel_index, train, heldout_40):
     g = torch.Generator().manual_seed(3)
     copies = train.images[[5, 100, 250]] + 0.01 * torch.randn(3, 1, 32, 32, generator=g)
     ratios, nearest = pixel_index.ratio_test(copies)
     assert nearest.tolist() == [5, 100, 250]
     assert (ratios < 0.1).all()  # far below 1/3
     assert all(v.copy_by_ratio for v in pixel_index.verdicts(copies))
-    held_ratios, _ = pixel_index.ratio_test(test_set.images)
+    held_ratios, _ = pixel_index.ratio_test(heldout_40.images)
     assert (held_ratios > 1 / 3).all()
-    verdicts = pixel_index.verdicts(test_set.images)
+    verdicts = pixel_index.verdicts(heldout_40.images)
     assert not any(v.copy_by_ratio for v in verdicts)
 
 
