@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ambient.cutoff import Cutoff
 from ambient.data import class_prompt
 from ambient.denoiser import SIGMA_MAX, SIGMA_MIN
 from ambient.images import save_grid
@@ -60,14 +61,14 @@ def generate(
     seeds: Sequence[int],
     cond: torch.Tensor | None,
     steps: int = 18,
-    sigma_c: float = 0.0,
-    mode: str = "handover",
+    sigma_c: float | Cutoff = 0.0,
+    mode: str | None = None,
     guidance: float = 1.0,
     batch: int = 128,
     bf16: bool = False,
     progress: Progress | None = None,
 ) -> torch.Tensor:
-    """Samples for many seeds, in batches (same start noise per seed as any other batch)."""
+    """Samples for many seeds, in batches (same start noise per seed as any other batch); see ``sample``."""
     shape = ambient.image_shape
     out = []
     for start in range(0, len(seeds), batch):
@@ -100,20 +101,20 @@ def score_samples(
     return row
 
 
-def log_cutoffs(n: int, lo: float = SIGMA_MIN, hi: float = SIGMA_MAX, extra: Sequence[float] = ()) -> list[float]:
-    """n sigma_c values log-spaced over [lo, hi], plus ``extra`` ones, plus one past sigma_max (baseline alone)."""
+def log_cutoffs(n: int, lo: float = SIGMA_MIN, hi: float = SIGMA_MAX, extra: Sequence[float] = ()) -> list[Cutoff]:
+    """n hand-over cutoffs log-spaced over [lo, hi], plus ``extra`` ones, then ``Cutoff.baseline_alone()``."""
     if n < 2:
         raise ValueError("a sweep needs at least 2 cutoffs")
     vals = np.exp(np.linspace(math.log(lo), math.log(hi), n)).tolist()
     vals = sorted({round(v, 6) for v in [*vals, *extra]})
-    return [*vals, float(hi) * 1.01]
+    return [*(Cutoff(v) for v in vals), Cutoff.baseline_alone()]
 
 
 def sweep_cutoff(
     ambient: Any,
     baseline: Any,
     index: Any,
-    sigma_cs: Sequence[float],
+    cutoffs: Sequence[Cutoff | float],
     seeds: Sequence[int],
     cond: torch.Tensor | None = None,
     steps: int = 18,
@@ -124,17 +125,21 @@ def sweep_cutoff(
     bf16: bool = False,
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
-    """Hand-over sweep: for each sigma_c, samples from (Ambient above sigma_c, baseline below) and their scores."""
+    """Hand-over sweep: for each cutoff, samples from (Ambient above sigma_c, baseline below) and their scores.
+
+    Each row's ``sigma_c`` is a number, or None for ``Cutoff.baseline_alone()``; ``models`` says who ran.
+    """
     rows = []
-    for k, sc in enumerate(sigma_cs):
+    cutoffs = [c if isinstance(c, Cutoff) else Cutoff(c) for c in cutoffs]
+    for k, cut in enumerate(cutoffs):
         inner = None
         if progress is not None:
 
-            def inner(f: float, msg: str, k: int = k, sc: float = sc) -> None:
-                progress((k + f) / len(sigma_cs), f"sigma_c={sc:.3g}: {msg}")
+            def inner(f: float, msg: str, k: int = k, cut: Cutoff = cut) -> None:
+                progress((k + f) / len(cutoffs), f"{cut.label()}: {msg}")
 
-        x = generate(ambient, baseline, seeds, cond, steps, float(sc), "handover", guidance, bf16=bf16, progress=inner)
-        row = {"sigma_c": float(sc)}
+        x = generate(ambient, baseline, seeds, cond, steps, cut, guidance=guidance, bf16=bf16, progress=inner)
+        row = {"sigma_c": cut.to_json(), "models": cut.label()}
         row.update(score_samples(x, index, class_ids, reference, classifier))
         rows.append(row)
     return rows
@@ -156,7 +161,7 @@ def copy_trajectory(
         rows.append({"sigma": info["sigma"], "similarity": float(sims[0, 0]), "position": int(pos[0, 0])})
 
     c = None if cond is None else cond[:1]
-    sample(denoiser, None, [seed], denoiser.image_shape, c, steps, 0.0, "handover", "heun", 1.0, cb)
+    sample(denoiser, None, [seed], denoiser.image_shape, c, steps, Cutoff.ambient_alone(), callback=cb)
     return rows
 
 
@@ -173,7 +178,7 @@ def plot_sweep(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sc = [r["sigma_c"] for r in rows]
+    sc = sweep_positions(rows)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for key, style in (("0.95", "-o"), ("0.9", "--o")):
         if all(key in r.get("rate_similarity", {}) for r in rows):
@@ -201,6 +206,11 @@ def plot_sweep(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def sweep_positions(rows: Sequence[dict[str, Any]], sigma_max: float = SIGMA_MAX) -> list[float]:
+    """Where each sweep row goes on a log sigma_c axis: the baseline-alone row just past sigma_max."""
+    return [sigma_max * 1.01 if Cutoff.from_row(r, sigma_max).is_baseline_alone else float(r["sigma_c"]) for r in rows]
 
 
 def write_json(obj: Any, path: str | Path) -> Path:
@@ -258,19 +268,21 @@ def evaluate_pair(
     # to the baseline at sigma_c = sigma_n (method.md, "Two ways", 2); a one-network model runs alone.
     sigma_n = meta.get("sigma_n")
     high_only = meta.get("regime") == "high"
-    amb_cut = float(sigma_n) if high_only else 0.0
+    amb_cut = Cutoff.default_for(meta.get("regime"), sigma_n)
     rows = {"reference": ref_row}
     for name, model, low, cut in (
-        ("baseline", base, None, 0.0),
-        ("ambient", amb, base if high_only else None, amb_cut),
+        ("baseline", base, None, Cutoff.ambient_alone()),
+        ("ambient", amb, None if amb_cut.is_ambient_alone else base, amb_cut),
     ):
-        x = generate(model, low, seeds, cond, steps, cut, "handover", guidance, bf16=bf16, progress=progress)
+        x = generate(model, low, seeds, cond, steps, cut, guidance=guidance, bf16=bf16, progress=progress)
         rows[name] = score_samples(x, index, class_ids, reference)
         save_grid(x[:64], out / f"samples_{name}.png", ncol=16)
 
     extra = [sigma_n] if sigma_n else []
     lo = sweep_min or (float(sigma_n) if high_only else SIGMA_MIN)
     cutoffs = log_cutoffs(sweep_points, lo, SIGMA_MAX, extra)
+    for c in cutoffs:
+        c.check(meta.get("regime"), sigma_n, sigma_max=SIGMA_MAX)
     s_prompts, s_ids = prompt_plan(sweep_n, class_names)
     s_cond = encode_prompts(s_prompts, meta.get("text_model"), amb.cond_dim)
     sweep = sweep_cutoff(
@@ -302,7 +314,7 @@ def evaluate_pair(
         "ratio_threshold": index.ratio_threshold,
         "sigma_n": sigma_n,
         "ambient_regime": meta.get("regime", "all"),
-        "ambient_sigma_c": amb_cut,
+        "ambient_sigma_c": amb_cut.sigma_c,
         "quality": "Frechet distance in fmnist-cnn penultimate features vs held-out test images (not FID)",
         "seconds": round(time.perf_counter() - t0, 1),
     }

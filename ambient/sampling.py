@@ -1,8 +1,8 @@
 """Samplers as plain functions over a denoiser ``D(x, sigma, cond)`` and an explicit tensor of sigmas.
 
-The noise cutoff ``sigma_c`` comes in two modes: *hand-over* (``HandOverDenoiser``: the Ambient
-model for sigma >= sigma_c, the baseline below) and *truncate* (``truncate_sigmas``: stop at
-sigma_c and return the Ambient model's one-step estimate ``D(x, sigma_c)``).
+The noise cutoff is an ``ambient.cutoff.Cutoff``: *hand-over* (``HandOverDenoiser``: the Ambient
+model for sigma >= sigma_c, the baseline below) or *truncate* (a slice of the sigmas: stop at sigma_c
+and return the Ambient model's one-step estimate ``D(x, sigma_c)``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ambient.cutoff import Cutoff
 from ambient.denoiser import SIGMA_MAX, SIGMA_MIN
 
 Callback = Callable[[dict[str, Any]], None]
@@ -35,16 +36,7 @@ def karras_sigmas(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA
 
 def truncate_sigmas(sigmas: torch.Tensor, sigma_c: float) -> torch.Tensor:
     """The schedule cut at sigma_c: every sigma above it, then sigma_c itself (no final 0)."""
-    _check_cutoff(sigma_c)
-    keep = sigmas[sigmas > sigma_c]
-    if len(keep) == 0:
-        return sigmas.new_tensor([float(sigmas[0])])
-    return torch.cat([keep, keep.new_tensor([sigma_c])])
-
-
-def _check_cutoff(sigma_c: float) -> None:
-    if not isinstance(sigma_c, int | float) or isinstance(sigma_c, bool) or math.isnan(sigma_c) or sigma_c < 0:
-        raise ValueError(f"cutoff sigma_c must be a non-negative number, got {sigma_c!r}")
+    return Cutoff(sigma_c, "truncate").schedule(sigmas)
 
 
 def initial_noise(seeds: Sequence[int], shape: Sequence[int], sigma: float = SIGMA_MAX) -> torch.Tensor:
@@ -57,17 +49,27 @@ def initial_noise(seeds: Sequence[int], shape: Sequence[int], sigma: float = SIG
 
 
 class HandOverDenoiser(nn.Module):
-    """Routes each call by sigma: ``high`` for sigma >= sigma_c, ``low`` below."""
+    """Routes each row by its sigma: ``high`` for sigma >= sigma_c, ``low`` below."""
 
     def __init__(self, high: Callable[..., torch.Tensor], low: Callable[..., torch.Tensor], sigma_c: float):
         super().__init__()
-        _check_cutoff(sigma_c)
-        self.high, self.low, self.sigma_c = high, low, float(sigma_c)
+        self.high, self.low, self.sigma_c = high, low, Cutoff(sigma_c).sigma_c
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Call the model that owns this sigma."""
-        s = float(torch.as_tensor(sigma).flatten()[0])
-        return (self.high if s >= self.sigma_c else self.low)(x, sigma, cond)
+        """Call the model that owns each row's sigma (one call when the whole batch has one owner)."""
+        s = torch.as_tensor(sigma, device=x.device).flatten()
+        if s.numel() == 1:
+            return (self.high if float(s) >= self.sigma_c else self.low)(x, sigma, cond)
+        if s.numel() != len(x):
+            raise ValueError(f"got {s.numel()} sigmas for a batch of {len(x)}")
+        high = s >= self.sigma_c
+        if bool(high.all()) or not bool(high.any()):
+            return (self.high if bool(high.all()) else self.low)(x, sigma, cond)
+        out = torch.empty_like(x)
+        for mask, model in ((high, self.high), (~high, self.low)):
+            c = None if cond is None else cond[mask]
+            out[mask] = model(x[mask], s[mask], c).to(out.dtype)
+        return out
 
 
 class CFGDenoiser(nn.Module):
@@ -145,6 +147,8 @@ def _device_of(model: Callable[..., torch.Tensor]) -> torch.device:
 
 def nfe(steps: int, sampler: str = "heun") -> int:
     """Network evaluations of a full schedule of ``steps`` sigmas (Heun: 2 per step, 1 for the last)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, not {sampler!r}")
     return 2 * steps - 1 if sampler == "heun" else steps
 
 
@@ -156,8 +160,8 @@ def sample(
     shape: Sequence[int],
     cond: torch.Tensor | None = None,
     steps: int = 18,
-    sigma_c: float = 0.0,
-    mode: str = "handover",
+    sigma_c: float | Cutoff = 0.0,
+    mode: str | None = None,
     sampler: str = "heun",
     guidance: float = 1.0,
     callback: Callback | None = None,
@@ -166,30 +170,36 @@ def sample(
 ) -> torch.Tensor:
     """Generate from one noise start per seed with the cutoff applied; returns images in [-1, 1].
 
-    mode ``handover``: ``ambient`` for sigma >= sigma_c, ``baseline`` below (sigma_c <= sigma_min:
-    Ambient alone; sigma_c > sigma_max: baseline alone). mode ``truncate``: stop at sigma_c and
-    return ``ambient``'s estimate D(x, sigma_c). Pass ``baseline=None`` to sample one model alone.
+    ``sigma_c`` is a ``Cutoff`` (or a number, with ``mode`` 'handover' or 'truncate'). Hand-over:
+    ``ambient`` for sigma >= sigma_c, ``baseline`` below; ``Cutoff.ambient_alone()`` (sigma_c = 0) and
+    ``Cutoff.baseline_alone()`` are its ends. Truncate: stop at sigma_c and return ``ambient``'s estimate
+    D(x, sigma_c), with ``baseline=None``. To sample one model alone, pass it with ``baseline=None``.
     """
+    cutoff = as_cutoff(sigma_c, mode)
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, not {sampler!r}")
-    if mode not in ("handover", "truncate"):
-        raise ValueError(f"mode must be 'handover' or 'truncate', not {mode!r}")
-    _check_cutoff(sigma_c)
+    cutoff.check(sigma_max=sigma_max)
+    model = cutoff.denoiser(ambient, baseline)
     sigmas = karras_sigmas(steps, sigma_min, sigma_max)
-    device = _device_of(ambient)
+    device = _device_of(baseline if cutoff.is_baseline_alone else ambient)
     x = initial_noise(seeds, shape, float(sigmas[0])).to(device)  # drawn on the CPU: identical on any device
     sigmas = sigmas.to(device)
     if cond is not None:
         cond = cond.to(device)
     if cond is not None and len(cond) != len(seeds):
         raise ValueError(f"cond has {len(cond)} rows for {len(seeds)} seeds")
-    if mode == "truncate":
-        d = CFGDenoiser(ambient, guidance) if guidance != 1.0 else ambient
-        sig = truncate_sigmas(sigmas, sigma_c)
-        x = SAMPLERS[sampler](d, x, sig, cond, callback)
-        if float(sig[-1]) <= 0:  # cut at 0: the full run, whose last step already is D(x, sigma_min)
-            return x.clamp(-1, 1)
-        return d(x, sig[-1], cond).clamp(-1, 1)
-    model = ambient if baseline is None else HandOverDenoiser(ambient, baseline, sigma_c)
     d = CFGDenoiser(model, guidance) if guidance != 1.0 else model
-    return SAMPLERS[sampler](d, x, sigmas, cond, callback).clamp(-1, 1)
+    sig = cutoff.schedule(sigmas)
+    x = SAMPLERS[sampler](d, x, sig, cond, callback)
+    if float(sig[-1]) > 0:  # truncated: the output is the estimate at sigma_c
+        x = d(x, sig[-1], cond)
+    return x.clamp(-1, 1)
+
+
+def as_cutoff(sigma_c: float | Cutoff, mode: str | None = None) -> Cutoff:
+    """A ``Cutoff`` from a number and a mode (default hand-over), or the ``Cutoff`` itself."""
+    if isinstance(sigma_c, Cutoff):
+        if mode is not None and mode != sigma_c.mode:
+            raise ValueError(f"mode {mode!r} contradicts the cutoff's mode {sigma_c.mode!r}")
+        return sigma_c
+    return Cutoff(sigma_c, mode or "handover")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import inspect
 import io
 import logging
 import math
@@ -28,6 +27,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ambient.cutoff import Cutoff
+from ambient.sampling import karras_sigmas
 from demo.pairs import ModelPair, PairError, PairRegistry
 
 MAX_IMAGES = 8
@@ -121,9 +122,39 @@ def check_sigma_c(value: Any, pair: ModelPair) -> float:
     return min(max(v, lo), hi)
 
 
+def check_cutoff(value: Any, mode: Any, pair: ModelPair) -> Cutoff:
+    """The cutoff a request asks for: None is the pair's default, the slider's ends are the explicit ends.
+
+    A value at sigma_max in hand-over means the baseline alone; at sigma_min, the Ambient model alone (or the
+    full run when truncating). A high-noise-only Ambient model refuses a cutoff below its sigma_n.
+    """
+    mode = check_mode(mode)
+    if value is None:
+        cut = pair.default_cutoff()
+        cut = cut if mode == cut.mode else Cutoff(cut.sigma_c, mode)
+    else:
+        sc = check_sigma_c(value, pair)
+        if mode == "handover" and sc >= pair.sigma_max:
+            cut = Cutoff.baseline_alone()
+        elif sc <= pair.sigma_min:
+            cut = Cutoff(0.0, mode)
+        else:
+            cut = Cutoff(sc, mode)
+    try:
+        return cut.check(pair.regime, pair.sigma_n, pair.sigma_min, pair.sigma_max)
+    except ValueError as e:
+        raise InputError(f"{e}.") from e
+
+
 def slider_range(pair: ModelPair) -> tuple[float, float]:
     """The cutoff slider's ends in log10(sigma), rounded outwards to 0.01."""
     return math.floor(math.log10(pair.sigma_min) * 100) / 100, math.ceil(math.log10(pair.sigma_max) * 100) / 100
+
+
+def slider_start(pair: ModelPair) -> float:
+    """Where the cutoff slider starts for a pair: at the cutoff its Ambient model was trained for."""
+    sc = pair.default_cutoff().sigma_c
+    return math.log10(sc) if sc > pair.sigma_min else slider_range(pair)[0]
 
 
 def sigma_from_slider(value: Any, pair: ModelPair) -> float:
@@ -136,15 +167,15 @@ def sigma_from_slider(value: Any, pair: ModelPair) -> float:
 def cutoff_label(sigma_c: float, pair: ModelPair, mode: str = "handover") -> str:
     """What a cutoff means, in words, for the label under the slider."""
     sn = f" (the Ambient model was trained with sigma_n = {pair.sigma_n:g})" if pair.sigma_n else ""
-    if mode == "truncate":
-        what = "the full Ambient run" if sigma_c <= pair.sigma_min else f"Ambient run stopped at sigma = {sigma_c:.3g}"
-        return f"**sigma_c = {sigma_c:.3g}**: {what}, showing its estimate x0_hat{sn}."
-    if sigma_c <= pair.sigma_min * (1 + 1e-6):
-        what = "**Ambient alone** (left end)"
-    elif sigma_c >= pair.sigma_max * (1 - 1e-6):
+    try:
+        cut = check_cutoff(sigma_c, mode, pair)
+    except InputError as e:
+        return f"**sigma_c = {sigma_c:.3g}**: not available for this pair: {e}"
+    what = cut.label()
+    if cut.is_baseline_alone:
         what = "**baseline alone** (right end)"
-    else:
-        what = f"Ambient for sigma >= {sigma_c:.3g}, baseline below"
+    elif cut.mode == "handover" and cut.is_ambient_alone:
+        what = "**Ambient alone** (left end)"
     return f"**sigma_c = {sigma_c:.3g}**: {what}{sn}."
 
 
@@ -276,7 +307,7 @@ class GenerateResult:
     seed: int
     steps: int
     guidance: float
-    sigma_c: float
+    sigma_c: float  # as asked (the slider's value); ``cutoff`` is what ran
     mode: str
     ambient: list[Sample]
     baseline: list[Sample]
@@ -286,6 +317,7 @@ class GenerateResult:
     seconds: float
     notes: list[str] = field(default_factory=list)
     cached: bool = False
+    cutoff: Cutoff = field(default_factory=Cutoff.ambient_alone)
 
 
 @dataclass
@@ -446,7 +478,8 @@ class Handlers:
         guidance = check_float(guidance, "guidance scale", 0.0, MAX_GUIDANCE)
         mode = check_mode(mode)
         k = check_int(k, "number of neighbours", 1, min(10, len(p.train)))
-        sc = p.sigma_min if sigma_c is None else check_sigma_c(sigma_c, p)
+        cut = check_cutoff(sigma_c, mode, p)
+        sc = min(max(cut.sigma_c, p.sigma_min), p.sigma_max)  # the slider position it stands for
         notes = []
         if capped:
             notes.append(f"The prompt was cut to {MAX_PROMPT_CHARS} characters.")
@@ -455,7 +488,7 @@ class Handlers:
         if prompt and not p.cond_dim:
             notes.append("This pair is unconditional: the prompt is ignored.")
             prompt = ""
-        key = (p.name, prompt, seed, n, steps, guidance, sc, mode, k)
+        key = (p.name, prompt, seed, n, steps, guidance, cut, k)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
@@ -465,8 +498,6 @@ class Handlers:
         t0 = time.perf_counter()
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(n)]
         cond = self._cond(p, prompt, n)
-        # The right end of the slider means "baseline alone": a cutoff just above the first sigma.
-        sc_run = math.nextafter(p.sigma_max, math.inf) if sc >= p.sigma_max and mode == "handover" else sc
         records: dict[str, list[tuple[float, torch.Tensor]]] = {"ambient": [], "baseline": []}
 
         def recorder(side: str, total: int) -> Callable[[dict[str, Any]], None]:
@@ -480,21 +511,21 @@ class Handlers:
 
         common = {"seeds": seeds, "shape": p.image_shape, "cond": cond, "steps": steps, "guidance": guidance}
         common |= {"sigma_min": p.sigma_min, "sigma_max": p.sigma_max}
-        total_a = steps if mode == "handover" else max(1, sum(1 for _ in _schedule_above(p, steps, sc_run)))
+        total_a = len(cut.schedule(karras_sigmas(steps, p.sigma_min, p.sigma_max))) - 1
+        total_a = steps if mode == "handover" else max(1, total_a)
         dev = "cuda" if getattr(p, "device", "cpu") == "cuda" else "cpu"
         try:
             with torch.autocast(dev, dtype=torch.bfloat16, enabled=self.bf16 and dev == "cpu"):
-                x_a = sample(
-                    p.ambient, p.baseline, sigma_c=sc_run, mode=mode, callback=recorder("ambient", total_a), **common
-                )
+                low = None if mode == "truncate" else p.baseline
+                x_a = sample(p.ambient, low, sigma_c=cut, callback=recorder("ambient", total_a), **common)
                 x_b = sample(
-                    p.baseline, None, sigma_c=0.0, mode="handover", callback=recorder("baseline", steps), **common
+                    p.baseline, None, sigma_c=Cutoff.ambient_alone(), callback=recorder("baseline", steps), **common
                 )
-        except (ValueError, RuntimeError) as e:
+        except ValueError as e:
             raise InputError(f"Sampling failed: {e}") from e
         v_a = p.index.verdicts(x_a.float().cpu(), k=k)
         v_b = p.index.verdicts(x_b.float().cpu(), k=k)
-        traj = {side: self._trajectories(p, records[side], n, sc_run, mode, side) for side in records}
+        traj = {side: self._trajectories(p, records[side], n, cut, side) for side in records}
         u_a, u_b = _u8(x_a), _u8(x_b)
         result = GenerateResult(
             pair=p.name,
@@ -504,6 +535,7 @@ class Handlers:
             guidance=guidance,
             sigma_c=sc,
             mode=mode,
+            cutoff=cut,
             ambient=[Sample(s, u_a[i], v_a[i], traj["ambient"][i]) for i, s in enumerate(seeds)],
             baseline=[Sample(s, u_b[i], v_b[i], traj["baseline"][i]) for i, s in enumerate(seeds)],
             threshold=_threshold(p),
@@ -520,7 +552,7 @@ class Handlers:
 
     @staticmethod
     def _trajectories(
-        p: ModelPair, rec: list[tuple[float, torch.Tensor]], n: int, sc: float, mode: str, side: str
+        p: ModelPair, rec: list[tuple[float, torch.Tensor]], n: int, cut: Cutoff, side: str
     ) -> list[list[dict[str, Any]]]:
         """Per image: nearest-training-image similarity of x0_hat at every recorded step (one index search)."""
         out: list[list[dict[str, Any]]] = [[] for _ in range(n)]
@@ -530,7 +562,7 @@ class Handlers:
         sims, pos = p.index.search(stack, 1)
         sims, pos = np.asarray(sims).reshape(len(rec), n), np.asarray(pos).reshape(len(rec), n)
         for step, (sigma, _) in enumerate(rec):
-            model = side if side == "baseline" or mode == "truncate" else ("ambient" if sigma >= sc else "baseline")
+            model = side if side == "baseline" else cut.owner(sigma)
             for i in range(n):
                 j = int(pos[step, i])
                 out[i].append(
@@ -628,30 +660,28 @@ class Handlers:
         points = check_int(points, "number of cutoffs", 2, 12)
         steps = check_int(steps, "steps", 1, MAX_STEPS)
         seed = check_int(seed, "seed", 0, MAX_SEED - MAX_SWEEP_SEEDS)
-        try:
-            from ambient import evaluate
+        from ambient import evaluate
 
-            sweep_cutoff = evaluate.sweep_cutoff
-        except (ImportError, AttributeError) as e:
-            raise InputError(
-                "The live recompute needs ambient.evaluate.sweep_cutoff, which this version of the library does "
-                f"not provide ({e}). The precomputed curve above still applies."
-            ) from e
         t0 = time.perf_counter()
-        cutoffs = evaluate.log_cutoffs(points, p.sigma_min, p.sigma_max, [p.sigma_n] if p.sigma_n else [])
+        lo = p.default_cutoff().sigma_c or p.sigma_min  # a high-noise-only network starts at its sigma_n
+        cutoffs = evaluate.log_cutoffs(points, lo, p.sigma_max, [p.sigma_n] if p.sigma_n else [])
         class_names = (p.train.class_names or None) if p.cond_dim else None
         prompts, class_ids = evaluate.prompt_plan(n, class_names)
-        cond = self._cond_many(p, prompts)
-        kwargs: dict[str, Any] = {"cond": cond, "steps": steps, "progress": progress}
-        params = inspect.signature(sweep_cutoff).parameters
-        if "class_ids" in params and class_names:
-            kwargs["class_ids"] = class_ids
-        if "reference" in params and p.reference is not None:
-            kwargs["reference"] = p.reference.images
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
+        reference = p.reference.images if p.reference is not None else None
         try:
-            rows = sweep_cutoff(p.ambient, p.baseline, p.index, cutoffs, list(range(seed, seed + n)), **kwargs)
-        except (ValueError, RuntimeError, ImportError) as e:
+            rows = evaluate.sweep_cutoff(
+                p.ambient,
+                p.baseline,
+                p.index,
+                cutoffs,
+                list(range(seed, seed + n)),
+                self._cond_many(p, prompts),
+                steps,
+                class_ids if class_names else None,
+                reference,
+                progress=progress,
+            )
+        except ValueError as e:
             raise InputError(f"The live sweep failed: {e}") from e
         md = (
             f"Live sweep of **{p.spec.label}**: {n} seeds x {len(cutoffs)} cutoffs, {steps} Heun steps, "
@@ -668,13 +698,6 @@ class Handlers:
 
         with self._text_lock:
             return get_text_encoder(p.text_model).encode(prompts)
-
-
-def _schedule_above(p: ModelPair, steps: int, sc: float) -> list[float]:
-    """The sigmas a truncated run evaluates (for the progress bar's length)."""
-    from ambient.sampling import karras_sigmas, truncate_sigmas
-
-    return truncate_sigmas(karras_sigmas(steps, p.sigma_min, p.sigma_max), sc)[:-1].tolist()
 
 
 # ----------------------------------------------------------------------------- presentation (plain data)
@@ -856,15 +879,19 @@ def sweep_table(
     headers += [t for _, t in extra]
     out = []
     for r in rows:
-        sc = float(r["sigma_c"])
-        if sigma_max is not None and sc > sigma_max:
+        cut = Cutoff.from_row(r, sigma_max)
+        if cut.is_baseline_alone:
             what = "baseline alone"
-        elif sigma_min is not None and sc <= sigma_min:
+        elif cut.is_ambient_alone or (sigma_min is not None and cut.sigma_c <= sigma_min):
             what = "Ambient alone"
         else:
             what = "hand-over"
         rs = r.get("rate_similarity") or {}
-        line: list[Any] = [round(sc, 4), what, *[_pct(rs.get(k)) for k in keys]]
+        line: list[Any] = [
+            None if cut.is_baseline_alone else round(cut.sigma_c, 4),
+            what,
+            *[_pct(rs.get(k)) for k in keys],
+        ]
         line += [_pct(r.get("rate_ratio")), _num(r.get("mean_similarity"))]
         line += [_pct(r.get(k)) if k == "prompt_fidelity" else _num(r.get(k)) for k, _ in extra]
         out.append(line)

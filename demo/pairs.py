@@ -12,7 +12,8 @@ Config format (paths relative to the config file's folder; ``hub:owner/name`` fo
 
 Optional keys: ``sigma_n`` (else read from the Ambient model's config meta), ``reference_data`` (held-out
 images, .npz, for the live quality score), ``description`` (markdown). ``kind`` is ``edm`` (folders written by
-``EDMDenoiser.save_pretrained``) or ``diffusers`` (DDPM pipeline folders: ``unet/`` + ``scheduler/``).
+``EDMDenoiser.save_pretrained``: ``ambient_config.json`` + ``unet/``, or the older ``config.json`` +
+``model.safetensors``) or ``diffusers`` (DDPM pipeline folders: ``unet/`` + ``scheduler/``).
 A pair that cannot be loaded raises ``PairError`` saying what is wrong and how to fix it; other pairs are
 unaffected.
 """
@@ -30,6 +31,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from ambient.cutoff import Cutoff
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HUB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -235,6 +238,7 @@ class ModelPair:
     sigma_min: float
     sigma_max: float
     sigma_n: float | None = None
+    regime: str = "all"  # the Ambient model's: "high" = trained only at sigma >= sigma_n
     text_model: str | None = None
     sweep: dict[str, Any] | None = None
     sweep_plot: Path | None = None
@@ -248,6 +252,10 @@ class ModelPair:
     def name(self) -> str:
         """The pair's config name."""
         return self.spec.name
+
+    def default_cutoff(self) -> Cutoff:
+        """The cutoff the Ambient model was trained for (hand-over at sigma_n for a high-noise-only one)."""
+        return Cutoff.default_for(self.regime, self.sigma_n)
 
     def describe(self) -> str:
         """A markdown summary for the status panel."""
@@ -269,7 +277,7 @@ def _fix_for_model(spec: PairSpec, key: str) -> str:
     cfg = spec.config_path or "the config"
     if spec.kind == "edm":
         return (
-            f"put a model folder written by EDMDenoiser.save_pretrained (config.json + model.safetensors) at "
+            f"put a model folder written by EDMDenoiser.save_pretrained (ambient_config.json + unet/) at "
             f'"{getattr(spec, key)}", or correct "{key}" in {cfg}. For a quick random pair: '
             f"python scripts/make_tiny_pair.py <folder>."
         )
@@ -368,9 +376,10 @@ def _read_sweep(spec: PairSpec, policy: PathPolicy, warnings: list[str]) -> tupl
             if (
                 not isinstance(rows, list)
                 or not rows
-                or not all(isinstance(r, dict) and isinstance(r.get("sigma_c"), int | float) for r in rows)
+                or not all(isinstance(r, dict) and isinstance(r.get("sigma_c", 0), int | float | None) for r in rows)
+                or any("sigma_c" not in r for r in rows)
             ):
-                raise ValueError('it needs a non-empty "sweep" list of rows with a numeric "sigma_c"')
+                raise ValueError('it needs a non-empty "sweep" list of rows with a "sigma_c" (a number, or null)')
             sweep = data
         except (PairError, OSError, ValueError) as e:
             warnings.append(
@@ -446,6 +455,13 @@ def load_pair(
         sigma_n = None
         warnings.append('the Ambient model records no training cutoff sigma_n (set "sigma_n" in the config).')
 
+    regime = meta.get("regime") or "all"
+    if regime == "high" and not sigma_n:
+        raise PairError(
+            spec.name,
+            "the Ambient model is high-noise-only but records no sigma_n, so no cutoff can be chosen for it.",
+            'Set "sigma_n" in the config to the value it was trained with.',
+        )
     train = _load_npz(spec, "train_data", policy)
     if tuple(train.images.shape[1:]) != shape_a:
         raise PairError(
@@ -500,6 +516,7 @@ def load_pair(
         sigma_min=lo,
         sigma_max=hi,
         sigma_n=float(sigma_n) if sigma_n else None,
+        regime=regime,
         text_model=text_model if cond_a else None,
         sweep=sweep,
         sweep_plot=plot,

@@ -122,6 +122,7 @@ def build_app(handlers: Handlers, banner: str = "", warning: str = "", max_concu
     except PairError:
         first = None
     lo, hi = h.slider_range(first) if first else (math.log10(0.002), math.log10(80.0))
+    start = h.slider_start(first) if first else lo
     heavy = {"concurrency_limit": max_concurrency, "concurrency_id": "models"}
 
     with gr.Blocks(title="Ambient Explorer") as demo:
@@ -165,7 +166,7 @@ def build_app(handlers: Handlers, banner: str = "", warning: str = "", max_concu
                         cutoff = gr.Slider(
                             lo,
                             hi,
-                            value=lo,
+                            value=start,
                             step=0.01,
                             label="Noise cutoff: log10(sigma_c)",
                             elem_id="cutoff",
@@ -173,7 +174,7 @@ def build_app(handlers: Handlers, banner: str = "", warning: str = "", max_concu
                         )
                         scale_html = gr.HTML(cutoff_scale_html(first) if first else "")
                         cutoff_md = gr.Markdown(
-                            h.cutoff_label(first.sigma_min, first) if first else "", elem_id="cutoff-label"
+                            h.cutoff_label(10**start, first) if first else "", elem_id="cutoff-label"
                         )
                         mode = gr.Radio(
                             [("hand-over", "handover"), ("truncate", "truncate")],
@@ -313,12 +314,8 @@ def build_app(handlers: Handlers, banner: str = "", warning: str = "", max_concu
             if res is None or i is None or not 0 <= int(i) < len(res.ambient):
                 return None
             a, b = res.ambient[int(i)], res.baseline[int(i)]
-            p = H.pair(res.pair)
-            left = (
-                "Ambient alone"
-                if res.sigma_c <= p.sigma_min and res.mode == "handover"
-                else "Ambient" + h._side_note(res)
-            )
+            left = "Ambient alone" if res.cutoff.is_ambient_alone and res.mode == "handover" else "Ambient"
+            left += "" if left == "Ambient alone" else h._side_note(res)
             return trajectory_figure(
                 a.trajectory,
                 b.trajectory,
@@ -429,12 +426,13 @@ def build_app(handlers: Handlers, banner: str = "", warning: str = "", max_concu
                     gr.update(value=None, visible=False),
                 )
             a, b = h.slider_range(p)
+            start = h.slider_start(p)
             sv = H.precomputed_sweep(pair)
             fr_md, fr_img = H.precomputed_frontier(pair)
             return (
                 st,
-                gr.update(minimum=a, maximum=b, value=a),
-                h.cutoff_label(p.sigma_min, p),
+                gr.update(minimum=a, maximum=b, value=start),
+                h.cutoff_label(10**start, p),
                 cutoff_scale_html(p),
                 sv.markdown,
                 gr.update(

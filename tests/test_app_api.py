@@ -111,8 +111,9 @@ def test_sweep_endpoint(client):
     r = client.predict(pair="", live=False, api_name="/sweep")
     assert r["rows"] == [] and "No precomputed sweep" in r["about"] and r["sigma_n"] == 1.0
     r = client.predict(pair="", live=True, n_seeds=2, points=2, steps=2, api_name="/sweep")
-    sigma_cs = [x["sigma_c"] for x in r["rows"]]  # the two ends, sigma_n, and baseline alone past sigma_max
-    assert len(sigma_cs) == 4 and sigma_cs[:3] == pytest.approx([0.002, 1.0, 80.0]) and sigma_cs[3] > 80.0
+    sigma_cs = [x["sigma_c"] for x in r["rows"]]  # the two ends, sigma_n, and the explicit baseline-alone row
+    assert len(sigma_cs) == 4 and sigma_cs[:3] == pytest.approx([0.002, 1.0, 80.0]) and sigma_cs[3] is None
+    assert r["rows"][3]["models"] == "the baseline alone"
     assert r["rows"][0]["rate_similarity"]["0.95"] == 0.0  # Ambient alone: no copies
     assert r["rows"][-1]["rate_similarity"]["0.95"] == 1.0  # baseline alone (the memorizer): all copies
 

@@ -307,10 +307,10 @@ def test_missing_sweep_is_said_plainly(H):
 def test_live_sweep_runs_the_library_and_reports_progress(H):
     calls = []
     sv = H.live_sweep("tiny", 2, 2, 2, progress=lambda f, msg: calls.append(f))
-    # two log-spaced cutoffs (the ends), sigma_n, and one past sigma_max (baseline alone)
+    # two log-spaced cutoffs (the ends), sigma_n, and the explicit baseline-alone row (sigma_c null in JSON)
     sigma_cs = [r["sigma_c"] for r in sv.rows]
-    assert len(sigma_cs) == 4 and sigma_cs == sorted(sigma_cs)
-    assert sigma_cs[:3] == pytest.approx([0.002, 1.0, 80.0]) and sigma_cs[3] > 80.0
+    assert len(sigma_cs) == 4 and sigma_cs[:3] == pytest.approx([0.002, 1.0, 80.0]) and sigma_cs[3] is None
+    assert [r["models"] for r in sv.rows][::3] == ["Ambient for sigma >= 0.002, baseline below", "the baseline alone"]
     assert sv.rows[-1]["rate_similarity"]["0.95"] == 1.0  # baseline alone = the memorizer: all copies
     assert sv.rows[0]["rate_similarity"]["0.95"] == 0.0  # Ambient alone: none
     assert calls and calls[-1] == pytest.approx(1.0)

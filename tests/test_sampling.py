@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from ambient.cutoff import Cutoff
 from ambient.denoiser import build_unet
 from ambient.sampling import (
     CFGDenoiser,
@@ -94,7 +95,9 @@ def test_truncate_sigmas():
     t = truncate_sigmas(s, 1.0)
     assert float(t[-1]) == 1.0 and bool((t[:-1] > 1.0).all())
     assert torch.equal(t[:-1], s[s > 1.0])
-    assert truncate_sigmas(s, 500.0).tolist() == [pytest.approx(80.0)]  # above sigma_max: one estimate
+    assert torch.equal(truncate_sigmas(s, 80.0), s[:1])  # at sigma_max: the one-step estimate from the noise
+    with pytest.raises(ValueError, match="above the schedule"):
+        truncate_sigmas(s, 500.0)  # not silently moved to sigma_max
     with pytest.raises(ValueError):
         truncate_sigmas(s, float("nan"))
 
@@ -131,10 +134,13 @@ def test_handover_extremes_are_the_single_models(pair):
     only_a = sample(a, None, seeds, SHAPE, steps=4)
     only_b = sample(b, None, seeds, SHAPE, steps=4)
     assert (only_a - only_b).abs().max() > 1e-2  # two genuinely different models
-    for sc in (0.0, 0.001, 0.002):  # at or below sigma_min: Ambient alone
+    for sc in (0.0, 0.001, 0.002, Cutoff.ambient_alone()):  # at or below sigma_min: Ambient alone
         assert torch.equal(sample(a, b, seeds, SHAPE, steps=4, sigma_c=sc), only_a)
-    for sc in (80.5, 1000.0, math.inf):  # above sigma_max: the baseline alone
+    for sc in (math.inf, Cutoff.baseline_alone()):  # the explicit other end
         assert torch.equal(sample(a, b, seeds, SHAPE, steps=4, sigma_c=sc), only_b)
+    for sc in (80.5, 1000.0):  # a finite cutoff past sigma_max is refused, not read as "baseline alone"
+        with pytest.raises(ValueError, match="baseline_alone"):
+            sample(a, b, seeds, SHAPE, steps=4, sigma_c=sc)
     mid = sample(a, b, seeds, SHAPE, steps=4, sigma_c=1.0)
     assert (mid - only_a).abs().max() > 1e-3 and (mid - only_b).abs().max() > 1e-3
 
@@ -157,17 +163,28 @@ def test_handover_routes_by_sigma():
         HandOverDenoiser(high, low, float("nan"))
 
 
+def test_handover_routes_a_batch_of_mixed_sigmas_row_by_row():
+    h = HandOverDenoiser(lambda x, s, c=None: x + 1, lambda x, s, c=None: x - 1, 1.0)
+    x = torch.zeros(3, 1, 2, 2)
+    out = h(x, torch.tensor([2.0, 0.5, 1.0]))
+    assert out[:, 0, 0, 0].tolist() == [1.0, -1.0, 1.0]
+    with pytest.raises(ValueError, match="2 sigmas for a batch of 3"):
+        h(x, torch.tensor([2.0, 0.5]))
+
+
 def test_truncate_returns_the_ambient_estimate_at_sigma_c():
     amb = Recorder(gaussian_denoiser([0.2], [0.1]))
-    out = sample(amb, never, [0, 1], (1, 3, 3), steps=10, sigma_c=1.5, mode="truncate")
+    with pytest.raises(ValueError, match="baseline=None"):  # truncate uses no baseline: one given is an error
+        sample(amb, never, [0, 1], (1, 3, 3), steps=10, sigma_c=1.5, mode="truncate")
+    out = sample(amb, None, [0, 1], (1, 3, 3), steps=10, sigma_c=1.5, mode="truncate")
     sig = [c[0] for c in amb.calls]
     assert min(sig) == pytest.approx(1.5) and sig[-1] == pytest.approx(1.5)
     x_last, d_last = amb.calls[-1][1], amb.calls[-1][2]
     assert torch.equal(out, d_last.clamp(-1, 1))
     torch.testing.assert_close(d_last, gaussian_denoiser([0.2], [0.1])(x_last, 1.5))
-    # above sigma_max: the one-step estimate from the initial noise
+    # at sigma_max: the one-step estimate from the initial noise
     amb2 = Recorder(gaussian_denoiser([0.2], [0.1]))
-    out2 = sample(amb2, never, [0, 1], (1, 3, 3), steps=10, sigma_c=100.0, mode="truncate")
+    out2 = sample(amb2, None, [0, 1], (1, 3, 3), steps=10, sigma_c=80.0, mode="truncate")
     assert len(amb2.calls) == 1 and amb2.calls[0][0] == pytest.approx(80.0)
     assert torch.equal(amb2.calls[0][1], initial_noise([0, 1], (1, 3, 3)))
     assert torch.equal(out2, amb2.calls[0][2].clamp(-1, 1))
@@ -176,7 +193,7 @@ def test_truncate_returns_the_ambient_estimate_at_sigma_c():
 def test_truncate_at_zero_is_the_full_run(pair):
     """Regression: D(x, 0) of an EDM model is NaN (log 0 in c_noise); a cut at 0 is the whole trajectory."""
     a, b = pair
-    out = sample(a, b, [0, 1], SHAPE, steps=4, sigma_c=0.0, mode="truncate")
+    out = sample(a, None, [0, 1], SHAPE, steps=4, sigma_c=0.0, mode="truncate")
     assert torch.isfinite(out).all()
     assert torch.equal(out, sample(a, None, [0, 1], SHAPE, steps=4))
 
@@ -193,6 +210,7 @@ def test_bad_arguments(pair):
         {"sampler": "ddim"},
         {"cond": torch.zeros(3, 4)},
         {"guidance": float("nan")},
+        {"sigma_c": Cutoff(1.0, "truncate"), "mode": "handover"},
     ):
         with pytest.raises(ValueError):
             sample(a, b, [0, 1], SHAPE, **kw)

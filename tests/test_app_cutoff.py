@@ -1,0 +1,46 @@
+"""The app's cutoff on the shipped pairs: each Ambient model runs only where it was trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ambient.cutoff import Cutoff
+from demo import handlers as h
+from demo.handlers import Handlers, InputError
+from demo.pairs import PairRegistry
+
+CONFIG = Path(__file__).resolve().parents[1] / "assets" / "pairs.json"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return Handlers(PairRegistry.from_path(CONFIG))
+
+
+def test_high_noise_pair_defaults_to_a_hand_over_at_sigma_n(shipped):
+    p = shipped.pair("fmnist-100-highnoise-early")
+    assert p.regime == "high" and p.sigma_n == pytest.approx(0.5)
+    r = shipped.generate("fmnist-100-highnoise-early", "", 3, 1, 2, 1.0, None, "handover")
+    assert r.cutoff == Cutoff(0.5, "handover")  # not sigma_min, below the range it was trained on
+    assert h.slider_start(p) == pytest.approx(-0.30103, abs=1e-4)  # log10(0.5)
+    assert {t["model"] for t in r.ambient[0].trajectory} == {"ambient", "baseline"}
+
+
+def test_high_noise_pair_refuses_a_cutoff_below_sigma_n(shipped):
+    with pytest.raises(InputError, match="trained only at sigma >= sigma_n = 0.5"):
+        shipped.generate("fmnist-100-highnoise-early", "", 3, 1, 2, 1.0, 0.002, "handover")
+    with pytest.raises(InputError, match="trained only at sigma >= sigma_n = 0.5"):
+        shipped.generate("fmnist-100-highnoise-early", "", 3, 1, 2, 1.0, 0.1, "truncate")
+    p = shipped.pair("fmnist-100-highnoise-early")
+    assert "not available for this pair" in h.cutoff_label(0.1, p)
+
+
+def test_one_network_pair_defaults_to_ambient_alone_and_the_right_end_is_the_baseline(shipped):
+    p = shipped.pair("fmnist-100")
+    r = shipped.generate("fmnist-100", "", 3, 1, 2, 1.0, None, "handover")
+    assert r.cutoff.is_ambient_alone and h.slider_start(p) == h.slider_range(p)[0]
+    r = shipped.generate("fmnist-100", "", 3, 1, 2, 1.0, p.sigma_max, "handover")
+    assert r.cutoff.is_baseline_alone
+    assert (r.ambient[0].image == r.baseline[0].image).all()  # the baseline alone on both sides, same seed
