@@ -249,10 +249,9 @@ def class_prompt(class_name: str) -> str:
 
 def training_set_of(model_dir: str | Path) -> ImageDataset:
     """The exact training subset a model was trained on, from the ids and dataset in its config."""
-    import json
+    from ambient.denoiser import read_model_config
 
-    cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    meta = cfg.get("meta", {})
+    meta = read_model_config(model_dir).get("meta", {})
     ids, source = meta.get("train_ids"), meta.get("dataset", "")
     if not ids:
         raise ValueError(f"{model_dir} does not record its training ids")

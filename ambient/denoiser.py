@@ -3,26 +3,59 @@
 ``EDMDenoiser`` wraps a raw network with EDM preconditioning (it owns everything about sigma);
 ``DDPMAdapter`` presents a diffusers DDPM-style UNet plus its ``alphas_cumprod`` through the same
 interface, so any pair of models can go through the same samplers.
+
+An EDM model folder (``save_pretrained``) is one that diffusers can read::
+
+    ambient_config.json              type "edm", sigma_data, time_scale, cond_dim, text_proj dims, meta
+    unet/config.json                 diffusers' own UNet2DModel config (every constructor argument)
+    unet/diffusion_pytorch_model.safetensors
+    text_proj.safetensors            the prompt-embedding projection (weight, bias); only when cond_dim > 0
+    README.md                        model card with Hub metadata
+
+so ``diffusers.UNet2DModel.from_pretrained(folder, subfolder="unet")`` loads the raw network. Folders in
+the older layout (``config.json`` + ``model.safetensors`` with ``unet.`` / ``cond_proj.`` keys) still load;
+``scripts/convert_checkpoints.py`` rewrites them in the new one.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 SIGMA_MIN = 0.002
 SIGMA_MAX = 80.0
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 2  # of ambient_config.json; the older layout (config.json + model.safetensors) is version 1
+CONFIG_NAME = "ambient_config.json"  # EDM and Ambient settings and the training meta
+UNET_FOLDER = "unet"
+UNET_CONFIG_NAME = f"{UNET_FOLDER}/config.json"  # diffusers' UNet2DModel config
+WEIGHTS_NAME = f"{UNET_FOLDER}/diffusion_pytorch_model.safetensors"  # the UNet's weights, diffusers' names
+TEXT_PROJ_NAME = "text_proj.safetensors"  # the prompt-embedding projection (only when cond_dim > 0)
+CARD_NAME = "README.md"
+LEGACY_CONFIG_NAME = "config.json"  # the older layout: one nested config ...
+LEGACY_WEIGHTS_NAME = "model.safetensors"  # ... and one file with "unet." and "cond_proj." keys
+# what a UNet config must state itself (diffusers would fill in defaults for anything missing)
+REQUIRED_UNET_KEYS = (
+    "sample_size",
+    "in_channels",
+    "out_channels",
+    "block_out_channels",
+    "down_block_types",
+    "up_block_types",
+    "layers_per_block",
+)
+CARD_TAGS = ("ambient-diffusion", "edm", "memorization")
 
 
 def default_unet_config(
@@ -122,9 +155,12 @@ def _atomic_write_dir(target: Path, write: Any) -> None:
         write(tmp)
         umask = os.umask(0o022)
         os.umask(umask)
-        for f in tmp.iterdir():  # mkdtemp makes 0700 and safetensors 0600: use the usual umask modes
-            if f.is_file():
-                os.chmod(f, 0o666 & ~umask)
+        for root, dirs, files in os.walk(tmp):  # mkdtemp makes 0700 and safetensors 0600: the usual umask modes
+            for name in files:
+                if not os.path.islink(os.path.join(root, name)):
+                    os.chmod(os.path.join(root, name), 0o666 & ~umask)
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o777 & ~umask)
         os.chmod(tmp, 0o777 & ~umask)
         old = target.with_name(f".{target.name}.old")
         if target.exists():
@@ -150,19 +186,68 @@ def resolve_model_dir(path_or_id: str | os.PathLike) -> Path:
     p = Path(path_or_id)
     if p.exists():
         if not p.is_dir():
-            raise ValueError(f"{p} is a file; expected a model folder holding {CONFIG_NAME}")
+            raise ValueError(f"{p} is a file; expected a model folder holding {CONFIG_NAME} and {UNET_FOLDER}/")
         return p
     s = str(path_or_id)
     if s.count("/") != 1 or s.startswith((".", "/")):
         raise FileNotFoundError(f"model folder {s!r} does not exist")
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise FileNotFoundError(f"{s!r} is not a local folder and HF_HUB_OFFLINE=1 forbids a hub download")
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, HTTPError
 
+    try:
         return Path(snapshot_download(s, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.md"]))
-    except Exception as e:  # network errors, unknown repos
+    except (OSError, ValueError, HTTPError, EntryNotFoundError) as e:  # network errors, unknown repos, bad ids
         raise FileNotFoundError(f"could not fetch {s!r} from the hub ({type(e).__name__}: {e})") from e
+
+
+def _layout(d: Path) -> str | None:
+    """What a folder holds: "edm" (this layout), "edm-v1" (the older one), "diffusers" (a pipeline), or None."""
+    if (d / CONFIG_NAME).is_file():
+        return "edm"
+    if (d / LEGACY_CONFIG_NAME).is_file():
+        return "edm-v1"
+    if (d / UNET_FOLDER).is_dir() and (d / "scheduler").is_dir():
+        return "diffusers"
+    return None
+
+
+def is_model_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an EDM model folder, in this layout or the older one (no weights are read; an older
+    ``config.json`` counts only when it is an EDM model's, not, say, a classifier's)."""
+    d = Path(path)
+    layout = _layout(d) if d.is_dir() else None
+    if layout != "edm-v1":
+        return layout == "edm"
+    try:
+        cfg = json.loads((d / LEGACY_CONFIG_NAME).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(cfg, dict) and cfg.get("type", "edm") == "edm" and isinstance(cfg.get("network"), dict)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a UTF-8 text file: {e}") from e
+
+
+def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The settings of an EDM model folder without loading weights: ``ambient_config.json`` (or the older
+    ``config.json``); either way a dict with ``type``, ``sigma_data`` and ``meta``."""
+    d = Path(path)
+    layout = _layout(d) if d.is_dir() else None
+    if layout not in ("edm", "edm-v1"):
+        raise FileNotFoundError(f"{d} is not an EDM model folder: it has no {CONFIG_NAME} (nor {LEGACY_CONFIG_NAME})")
+    cfg_path = d / (CONFIG_NAME if layout == "edm" else LEGACY_CONFIG_NAME)
+    cfg = _read_json(cfg_path)
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("meta", {}), dict):
+        raise ValueError(f"{cfg_path} is not a valid model config: expected a JSON object with a meta object")
+    return cfg
 
 
 class EDMDenoiser(nn.Module):
@@ -186,7 +271,9 @@ class EDMDenoiser(nn.Module):
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the images this model makes."""
         cfg = self.net.unet_config
-        return (cfg["in_channels"], cfg["sample_size"], cfg["sample_size"])
+        size = cfg["sample_size"]
+        h, w = (size, size) if isinstance(size, int) else (size[0], size[1])
+        return (cfg["in_channels"], h, w)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Denoised estimate x0_hat of x at noise level sigma."""
@@ -200,20 +287,101 @@ class EDMDenoiser(nn.Module):
         return c_skip * x + c_out * f.float()
 
     def config(self) -> dict[str, Any]:
-        """The JSON config written beside the weights."""
+        """Everything needed to rebuild this model (untrained) with ``from_config``: one nested dict."""
         return {"type": "edm", "network": self.net.config(), "sigma_data": self.sigma_data, "meta": self.meta}
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write config.json and model.safetensors to ``path`` atomically."""
-        state = {k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}
-        cfg = self.config()
+    def ambient_config(self) -> dict[str, Any]:
+        """What ``ambient_config.json`` holds: the EDM and Ambient settings around the UNet, and ``meta``."""
+        proj = None
+        if self.cond_dim:
+            proj = {"in_features": self.net.cond_proj.in_features, "out_features": self.net.cond_proj.out_features}
+        return {
+            "type": "edm",
+            "format_version": FORMAT_VERSION,
+            "sigma_data": self.sigma_data,
+            "time_scale": self.net.time_scale,
+            "cond_dim": self.cond_dim,
+            "text_proj": proj,
+            "meta": self.meta,
+        }
+
+    def model_card(self, body: str | None = None, title: str = "model") -> str:
+        """README.md text: Hub metadata front matter over ``body`` (its own front matter merged), or a generated card."""
+        from huggingface_hub import ModelCard, ModelCardData
+
+        data = ModelCardData()
+        if body is not None and body.startswith("---"):
+            try:
+                card = ModelCard(body)
+            except ValueError as e:
+                raise ValueError(f"the model card's metadata front matter is not valid: {e}") from e
+            data, body = card.data, card.text
+        if body is None:
+            body = self._card_body(title)
+        dataset = str(self.meta.get("dataset") or self.meta.get("train_config", {}).get("data") or "")
+        fashion = dataset.startswith("fashion-mnist")
+        tags = [*CARD_TAGS, *(["fashion-mnist"] if fashion else []), *(["text-conditional"] if self.cond_dim else [])]
+        data.library_name = "diffusers"
+        data.tags = list(dict.fromkeys([*(data.tags or []), *tags]))
+        if fashion:
+            data.datasets = list(dict.fromkeys([*(data.datasets or []), "fashion_mnist"]))
+        data.license = data.license or "mit"
+        return f"---\n{data.to_yaml()}\n---\n{body}"
+
+    def _card_body(self, title: str) -> str:
+        """A short generated card for a folder that has none."""
+        m = self.meta
+        loss = m.get("loss", "not recorded")
+        sn = f", sigma_n = {m['sigma_n']}" if m.get("sigma_n") is not None else ""
+        regime = f", regime {m['regime']}" if m.get("regime") else ""
+        n = len(m.get("train_ids") or [])
+        data = f"{n} images of {m.get('dataset', 'an unrecorded dataset')}" if n else "data not recorded"
+        cond = (
+            f"prompt embeddings of {m.get('text_model') or 'a text encoder (not recorded)'} ({self.cond_dim}-d), projected by `{TEXT_PROJ_NAME}` to "
+            "the UNet's `class_labels` (`class_embed_type` identity); a zero vector is the empty prompt"
+            if self.cond_dim
+            else "none (unconditional)"
+        )
+        return f"""# {title}
+
+An EDM denoiser D(x, sigma, cond) from the Ambient Diffusion memorization project: a diffusers `UNet2DModel`
+(in `{UNET_FOLDER}/`) inside EDM preconditioning (sigma_data {self.sigma_data:g}).
+
+- Loss: {loss}{sn}{regime}.
+- Training: {m.get("steps", "?")} steps; {data} (ids in `{CONFIG_NAME}`, `meta.train_ids`).
+- Text conditioning: {cond}.
+
+Load the denoiser with `ambient.denoiser.EDMDenoiser.from_pretrained(folder)`. The raw network alone loads with
+`diffusers.UNet2DModel.from_pretrained(folder, subfolder="{UNET_FOLDER}")`; it takes c_in(sigma) x and the
+timestep {self.net.time_scale:g} * log(sigma) / 4, and returns F with D = c_skip x + c_out F.
+"""
+
+    def save_pretrained(self, path: str | os.PathLike, check: Callable[[Path], None] | None = None) -> None:
+        """Write the model folder (``unet/``, ``text_proj.safetensors``, ``ambient_config.json``, ``README.md``)
+        atomically; a README.md already there keeps its text under refreshed metadata. ``check(tmp)`` runs on the
+        written temporary folder before it replaces ``path`` (raise there to keep the old folder)."""
+        path = Path(path)
+        unet = self.net.unet
+        unet_state = {k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()}
+        proj_state = {}
+        if self.cond_dim:
+            proj_state = {k: v.detach().contiguous().cpu() for k, v in self.net.cond_proj.state_dict().items()}
+        cfg = self.ambient_config()
 
         def write(tmp: Path) -> None:
-            save_file(state, str(tmp / WEIGHTS_NAME))
-            (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2))
+            old_card = path / CARD_NAME
+            card = self.model_card(old_card.read_text() if old_card.is_file() else None, title=path.name)
+            unet.save_config(tmp / UNET_FOLDER)
+            save_file(unet_state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            if proj_state:
+                save_file(proj_state, str(tmp / TEXT_PROJ_NAME), metadata={"format": "pt"})
+            (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
+            (tmp / CARD_NAME).write_text(card)
+            if check is not None:
+                check(tmp)
 
         try:
-            _atomic_write_dir(Path(path), write)
+            _atomic_write_dir(path, write)
         except OSError as e:
             raise OSError(
                 e.errno, f"could not save the model to {path} ({e}); any model folder already there is intact"
@@ -221,7 +389,7 @@ class EDMDenoiser(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> EDMDenoiser:
-        """A randomly initialised denoiser from a config dict."""
+        """A randomly initialised denoiser from a ``config()`` dict (the nested one of the older layout)."""
         if cfg.get("type", "edm") != "edm":
             raise ValueError(f"config type {cfg.get('type')!r} is not an EDM denoiser")
         net_cfg = cfg["network"]
@@ -230,30 +398,135 @@ class EDMDenoiser(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike) -> EDMDenoiser:
-        """Load from a folder written by ``save_pretrained`` (or a hub id with the same files)."""
+        """Load a folder written by ``save_pretrained`` (or a hub id with the same files), in this layout or the
+        older one (``config.json`` + ``model.safetensors``)."""
         d = resolve_model_dir(path_or_id)
-        cfg_path, w_path = d / CONFIG_NAME, d / WEIGHTS_NAME
-        for p in (cfg_path, w_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"{d} has no {p.name}; a model folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
-        try:
-            model = cls.from_config(cfg)
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"{cfg_path} is not a valid model config: {e!r}") from e
-        try:
-            state = load_file(str(w_path))
-        except Exception as e:
-            raise ValueError(f"{w_path} is not a readable safetensors file: {e}") from e
-        try:
-            model.net.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            msg = str(e).splitlines()
-            raise ValueError(f"{w_path} does not match {cfg_path}: {' '.join(msg[:3])[:400]}") from e
-        return model.eval()
+        layout = _layout(d)
+        if layout == "edm":
+            return _load_folder(cls, d).eval()
+        if layout == "edm-v1":
+            return _load_legacy_folder(cls, d).eval()
+        if layout == "diffusers":
+            raise ValueError(f"{d} is a diffusers pipeline folder (unet/ and scheduler/): load it with load_denoiser")
+        pipeline = " (a diffusers pipeline folder needs unet/ and scheduler/)" if (d / UNET_FOLDER).is_dir() else ""
+        raise FileNotFoundError(
+            f"{d} has no {CONFIG_NAME}; a model folder needs {CONFIG_NAME}, {UNET_CONFIG_NAME} and {WEIGHTS_NAME} "
+            f"(or, in the older layout, {LEGACY_CONFIG_NAME} and {LEGACY_WEIGHTS_NAME}){pipeline}"
+        )
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; anything unreadable is a ValueError naming the file."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
+
+
+def _load_state(module: nn.Module, state: dict[str, torch.Tensor], w_path: Path, cfg_path: Path) -> None:
+    """``load_state_dict(strict=True)``, with a mismatch reported as a ValueError naming both files."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        msg = str(e).splitlines()
+        raise ValueError(f"{w_path} does not match {cfg_path}: {' '.join(msg[:3])[:400]}") from e
+
+
+def _edm_settings(cfg: Any, cfg_path: Path) -> tuple[float, int, float, dict[str, Any]]:
+    """sigma_data, cond_dim, time_scale and meta from ``ambient_config.json``, checked."""
+    if not isinstance(cfg, dict) or "type" not in cfg:
+        raise ValueError(f"{cfg_path} is not a valid model config: expected a JSON object with a type")
+    if cfg["type"] != "edm":
+        raise ValueError(f"{cfg_path}: config type {cfg.get('type')!r} is not an EDM denoiser")
+    version = cfg.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{cfg_path} has format_version {version!r}; this code reads up to {FORMAT_VERSION}")
+    try:
+        sigma_data, cond_dim, time_scale = float(cfg["sigma_data"]), cfg["cond_dim"], float(cfg["time_scale"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{cfg_path} is not a valid model config: {e!r}") from e
+    if not (math.isfinite(sigma_data) and sigma_data > 0 and math.isfinite(time_scale)):
+        raise ValueError(f"{cfg_path}: sigma_data must be a positive number and time_scale finite")
+    if not isinstance(cond_dim, int) or isinstance(cond_dim, bool) or cond_dim < 0:
+        raise ValueError(f"{cfg_path}: cond_dim must be a whole number >= 0, not {cond_dim!r}")
+    meta = cfg.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise ValueError(f"{cfg_path}: meta must be a JSON object")
+    return sigma_data, cond_dim, time_scale, meta
+
+
+def _unet_args(raw: Any, cond_dim: int, path: Path) -> dict[str, Any]:
+    """UNet2DModel constructor arguments from diffusers' config.json, checked (nothing left to defaults)."""
+    import inspect
+
+    from diffusers import UNet2DModel
+
+    if not isinstance(raw, dict) or raw.get("_class_name") != "UNet2DModel":
+        got = raw.get("_class_name") if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(f"{path} is not a diffusers UNet2DModel config (_class_name {got!r})")
+    args = {k: v for k, v in raw.items() if not k.startswith("_")}
+    missing = [k for k in REQUIRED_UNET_KEYS if k not in args]
+    if missing:
+        raise ValueError(f"{path} does not state {missing}; diffusers would silently use defaults")
+    known = set(inspect.signature(UNet2DModel.__init__).parameters) - {"self"}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ValueError(f"{path} has arguments this diffusers' UNet2DModel does not take: {unknown}")
+    embed = args.pop("class_embed_type", None)
+    if embed != ("identity" if cond_dim else None):
+        raise ValueError(
+            f"{path} has class_embed_type {embed!r}, but cond_dim is {cond_dim}: a text-conditional model needs "
+            '"identity", an unconditional one null'
+        )
+    return args
+
+
+def _load_folder(cls: type[EDMDenoiser], d: Path) -> EDMDenoiser:
+    """Load the layout with ``unet/`` (diffusers' own files), ``text_proj.safetensors`` and ``ambient_config.json``."""
+    cfg_path, unet_cfg_path = d / CONFIG_NAME, d / UNET_CONFIG_NAME
+    w_path, p_path = d / WEIGHTS_NAME, d / TEXT_PROJ_NAME
+    for p in (unet_cfg_path, w_path):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"{d} has no {p.relative_to(d)}; a model folder needs {CONFIG_NAME}, {UNET_CONFIG_NAME} and {WEIGHTS_NAME}"
+            )
+    cfg = _read_json(cfg_path)
+    sigma_data, cond_dim, time_scale, meta = _edm_settings(cfg, cfg_path)
+    if cond_dim and not p_path.is_file():
+        raise FileNotFoundError(f"{d} has no {TEXT_PROJ_NAME}; {cfg_path.name} says cond_dim = {cond_dim}")
+    if not cond_dim and p_path.exists():
+        raise ValueError(f"{d} has a {TEXT_PROJ_NAME}, but {cfg_path.name} says cond_dim = 0")
+    args = _unet_args(_read_json(unet_cfg_path), cond_dim, unet_cfg_path)
+    try:
+        net = CondUNet(args, cond_dim, time_scale)
+    except (TypeError, ValueError, KeyError, IndexError) as e:
+        raise ValueError(f"{unet_cfg_path} is not a valid UNet2DModel config: {e!r}") from e
+    if cond_dim:
+        proj = cfg.get("text_proj")
+        want = {"in_features": net.cond_proj.in_features, "out_features": net.cond_proj.out_features}
+        if proj is not None and (not isinstance(proj, dict) or {k: proj.get(k) for k in want} != want):
+            raise ValueError(f"{cfg_path}: text_proj {proj} does not fit cond_dim and the UNet ({want})")
+    _load_state(net.unet, _read_weights(w_path), w_path, unet_cfg_path)
+    if cond_dim:
+        _load_state(net.cond_proj, _read_weights(p_path), p_path, cfg_path)
+    return cls(net, sigma_data, meta)
+
+
+def _load_legacy_folder(cls: type[EDMDenoiser], d: Path) -> EDMDenoiser:
+    """Load the older layout: ``config.json`` (nested) and ``model.safetensors`` (``unet.`` / ``cond_proj.`` keys)."""
+    cfg_path, w_path = d / LEGACY_CONFIG_NAME, d / LEGACY_WEIGHTS_NAME
+    if not w_path.is_file():
+        raise FileNotFoundError(
+            f"{d} has no {LEGACY_WEIGHTS_NAME}; a model folder in the older layout needs {LEGACY_CONFIG_NAME} and "
+            f"{LEGACY_WEIGHTS_NAME}"
+        )
+    cfg = _read_json(cfg_path)
+    try:
+        model = cls.from_config(cfg)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{cfg_path} is not a valid model config: {e!r}") from e
+    _load_state(model.net, _read_weights(w_path), w_path, cfg_path)
+    return model
 
 
 def build_unet(
@@ -304,6 +577,8 @@ class DDPMAdapter(nn.Module):
         d = Path(path_or_id)
         if not d.exists():
             d = resolve_model_dir(path_or_id)
+        if (d / CONFIG_NAME).is_file():
+            raise ValueError(f"{d} is an EDM model folder ({CONFIG_NAME}): load it with EDMDenoiser.from_pretrained")
         if not (d / "unet").is_dir() or not (d / "scheduler").is_dir():
             raise FileNotFoundError(f"{d} is not a diffusers pipeline folder (needs unet/ and scheduler/)")
         unet = UNet2DModel.from_pretrained(d / "unet", use_safetensors=True)
@@ -332,7 +607,12 @@ class DDPMAdapter(nn.Module):
         x_in = x * a.sqrt()
         t = self.sigma_to_t(s.flatten())
         kwargs = {}
-        if cond is not None and "encoder_hidden_states" in self.unet.forward.__code__.co_varnames:
+        if cond is not None:
+            if "encoder_hidden_states" not in self.unet.forward.__code__.co_varnames:
+                raise ValueError(
+                    f"this {type(self.unet).__name__} is unconditional and cannot take a prompt embedding (cond): "
+                    "pass cond=None"
+                )
             kwargs["encoder_hidden_states"] = cond[:, None, :]
         out = self.unet(x_in.to(self.unet.dtype), t, **kwargs).sample.float()
         if self.prediction_type == "epsilon":
@@ -348,8 +628,9 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def load_denoiser(path_or_id: str | os.PathLike) -> nn.Module:
-    """Load either an EDM model folder or a diffusers DDPM pipeline folder."""
-    d = Path(path_or_id)
-    if d.is_dir() and (d / "unet").is_dir():
+    """Load an EDM model folder (``ambient_config.json``, or the older ``config.json``) or a diffusers DDPM
+    pipeline folder (``unet/`` and ``scheduler/``), local or a hub id."""
+    d = resolve_model_dir(path_or_id)
+    if _layout(d) == "diffusers":
         return DDPMAdapter.from_pretrained(d)
-    return EDMDenoiser.from_pretrained(path_or_id)
+    return EDMDenoiser.from_pretrained(d)

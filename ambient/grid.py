@@ -93,8 +93,9 @@ def train_command(cfg: TrainConfig) -> list[str]:
 
 
 def _finished(cfg: TrainConfig) -> bool:
-    model = Path(cfg.out) / "model" / "config.json"
-    return model.is_file() and json.loads(model.read_text()).get("meta", {}).get("steps") == cfg.steps
+    model = Path(cfg.out) / "model"
+    found = [f for f in (model / "ambient_config.json", model / "config.json") if f.is_file()]  # or the older layout
+    return bool(found) and json.loads(found[0].read_text()).get("meta", {}).get("steps") == cfg.steps
 
 
 def train_all(runs: Sequence[GridRun], jobs: int, threads: int) -> dict[str, str | None]:

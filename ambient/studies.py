@@ -30,9 +30,11 @@ def git_commit(repo: str | Path | None = None) -> str:
 
 def snapshots(run: Path) -> list[Path]:
     """The run's snapshot folders in step order (its final model when it has none)."""
+    from ambient.denoiser import is_model_dir
+
     run = Path(run)
     snaps = sorted((run / "snapshots").glob("step_*"))
-    if not snaps and (run / "model" / "config.json").is_file():
+    if not snaps and is_model_dir(run / "model"):
         snaps = [run / "model"]
     if not snaps:
         raise FileNotFoundError(f"{run} has no snapshots and no model")

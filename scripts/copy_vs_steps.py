@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from ambient.data import balanced_subset, load_fashion_mnist, training_set_of  # noqa: E402
-from ambient.denoiser import load_denoiser  # noqa: E402
+from ambient.denoiser import is_model_dir, load_denoiser  # noqa: E402
 from ambient.evaluate import encode_prompts, generate, prompt_plan, score_samples, write_json  # noqa: E402
 from ambient.neighbours import TrainingSetIndex  # noqa: E402
 
@@ -38,7 +38,7 @@ def _setting(a: argparse.Namespace, key: str) -> object:
 def snapshots(run: Path) -> list[Path]:
     """The run's snapshot folders in step order (its final model when it has none)."""
     snaps = sorted((run / "snapshots").glob("step_*"))
-    if not snaps and (run / "model" / "config.json").is_file():
+    if not snaps and is_model_dir(run / "model"):
         snaps = [run / "model"]
     if not snaps:
         raise SystemExit(f"{run} has no snapshots and no model")

@@ -43,7 +43,8 @@ def main() -> int:
         hs = h["settings"]
         cut = hs.get("ambient_sigma_c", hs["sigma_n"])
         model = pair / folder.name.replace("eval", "ambient", 1)  # eval_high_1500 -> ambient_high_1500
-        steps = json.loads((model / "config.json").read_text())["meta"]["steps"]
+        cfg = model / "ambient_config.json"  # an older model folder: config.json
+        steps = json.loads((cfg if cfg.is_file() else model / "config.json").read_text())["meta"]["steps"]
         print(row(f"Ambient, high-noise-only ({steps:,} steps), hand-over at {cut}", h["ambient"]))
     print()
     print(

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 
 from ambient.data import training_set_of  # noqa: E402
-from ambient.denoiser import EDMDenoiser  # noqa: E402
+from ambient.denoiser import CARD_NAME, EDMDenoiser, is_model_dir  # noqa: E402
 from ambient.evaluate import evaluate_pair  # noqa: E402
 from ambient.neighbours import TrainingSetIndex  # noqa: E402
 
@@ -62,7 +62,7 @@ def model_card(name: str, model: EDMDenoiser, report: dict, command: str) -> str
 
 - Loss: {what}.
 - Data: {len(meta.get("train_ids", []))} Fashion-MNIST training images (class-balanced subset, seed
-  {tc.get("subset_seed")}), 32x32, one channel; ids in `config.json` (`meta.train_ids`) and `../train.npz`.
+  {tc.get("subset_seed")}), 32x32, one channel; ids in `ambient_config.json` (`meta.train_ids`) and `../train.npz`.
 - Text conditioning: prompt embeddings from {meta.get("text_model")} (captions from class names, templates
   and synonyms; caption dropout {tc.get("caption_dropout")} so the empty prompt samples unconditionally).
 - Network: diffusers UNet2DModel, block_out_channels {tc.get("block_out_channels")}, no attention, EDM
@@ -114,7 +114,7 @@ def main() -> int:
     loaded = {}
     for name, src in models.items():
         m = EDMDenoiser.from_pretrained(src)
-        if args.only and name != args.only and (out / name / "config.json").is_file():
+        if args.only and name != args.only and is_model_dir(out / name):
             # --only keeps the other models' folders and cards as shipped: they must be the same weights
             shipped = EDMDenoiser.from_pretrained(out / name).state_dict()
             if any(not torch.equal(v, shipped[k]) for k, v in m.state_dict().items()):
@@ -151,9 +151,11 @@ def main() -> int:
             steps=args.steps,
             guidance=args.guidance,
         )
-        (out / name / "README.md").write_text(model_card(name, loaded[name], report, cmd))
+        card = loaded[name].model_card(model_card(name, loaded[name], report, cmd))  # with Hub metadata
+        (out / name / CARD_NAME).write_text(card)
         if name == "ambient":
-            (out / "baseline" / "README.md").write_text(model_card("baseline", loaded["baseline"], report, cmd))
+            base = loaded["baseline"]
+            (out / "baseline" / CARD_NAME).write_text(base.model_card(model_card("baseline", base, report, cmd)))
         print(json.dumps({k: report[k] for k in ("reference", "baseline", "ambient")}, indent=1)[:3000], flush=True)
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     shipped = out / "SHIPPED.json"

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from ambient.data import ImageDataset
+from ambient.denoiser import UNET_CONFIG_NAME, WEIGHTS_NAME
 from demo.handlers import Handlers
 from demo.pairs import ConfigError, PairError, PairRegistry, load_config, parse_config
 
@@ -29,12 +30,12 @@ def broken(tiny, tmp_path_factory):
     good = json.loads(tiny.read_text())["pairs"][0]
     # corrupt weights
     shutil.copytree(src / "ambient", root / "corrupt")
-    (root / "corrupt" / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    (root / "corrupt" / WEIGHTS_NAME).write_bytes(b"\x00garbage" * 10)
     # weights that do not fit the config (wrong shapes)
     shutil.copytree(src / "ambient", root / "wrongshape")
-    cfg = json.loads((root / "wrongshape" / "config.json").read_text())
-    cfg["network"]["unet"]["block_out_channels"] = [16, 16]
-    (root / "wrongshape" / "config.json").write_text(json.dumps(cfg))
+    cfg = json.loads((root / "wrongshape" / UNET_CONFIG_NAME).read_text())
+    cfg["block_out_channels"] = [16, 16]
+    (root / "wrongshape" / UNET_CONFIG_NAME).write_text(json.dumps(cfg))
     # training images of the wrong size
     ImageDataset(torch.zeros(20, 1, 28, 28)).save_npz(root / "train28.npz")
     outside = tmp_path_factory.mktemp("outside")
@@ -75,7 +76,7 @@ def test_tiny_pair_loads(tiny):
 @pytest.mark.parametrize(
     ("name", "problem", "fix"),
     [
-        ("missing", "ambient model folder .*nowhere/ambient does not exist", "config.json \\+ model.safetensors"),
+        ("missing", "ambient model folder .*nowhere/ambient does not exist", "ambient_config.json \\+ unet/"),
         ("corrupt", "ambient model could not be loaded: .*safetensors", "save_pretrained"),
         ("wrongshape", "baseline model could not be loaded: .*does not match", "save_pretrained"),
         ("noindex", "index folder .*no-index-here does not exist", "Rebuild it"),
@@ -211,7 +212,7 @@ def test_app_falls_back_to_a_tiny_pair_with_a_banner(tmp_path, monkeypatch):
     _, _, none = app.setup(app.parse_args(["--config", str(tmp_path / "cache" / "tiny-pair" / "pairs.json")]))
     assert none == ""
     # a damaged cached fallback pair is rebuilt
-    (tmp_path / "cache" / "tiny-pair" / "tiny-random" / "ambient" / "model.safetensors").write_bytes(b"junk")
+    (tmp_path / "cache" / "tiny-pair" / "tiny-random" / "ambient" / WEIGHTS_NAME).write_bytes(b"junk")
     H, _, warning = app.setup(args)
     assert "untrained" in warning and H.pair(None).name == "tiny-random"
     _, _, no_fb = app.setup(app.parse_args(["--config", str(tmp_path / "x.json"), "--no-fallback"]))

@@ -12,6 +12,8 @@ from torch import nn
 
 from ambient.denoiser import (
     CONFIG_NAME,
+    TEXT_PROJ_NAME,
+    UNET_CONFIG_NAME,
     WEIGHTS_NAME,
     DDPMAdapter,
     EDMDenoiser,
@@ -97,13 +99,16 @@ def test_save_load_round_trip(tmp_path):
         for p in m.parameters():
             p.add_(0.01 * torch.randn_like(p))
     m.save_pretrained(tmp_path / "model")
-    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    files = sorted(str(p.relative_to(tmp_path / "model")) for p in (tmp_path / "model").rglob("*") if p.is_file())
+    assert files == sorted(["README.md", CONFIG_NAME, TEXT_PROJ_NAME, UNET_CONFIG_NAME, WEIGHTS_NAME])
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary folders left beside it
     umask = os.umask(0o022)
     os.umask(umask)
     # readable by others as any folder would be (not mkdtemp's 0700 or safetensors' 0600)
     assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o777 & ~umask
-    assert stat.S_IMODE((tmp_path / "model" / WEIGHTS_NAME).stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "model" / "unet").stat().st_mode) == 0o777 & ~umask
+    for name in (WEIGHTS_NAME, TEXT_PROJ_NAME, CONFIG_NAME):
+        assert stat.S_IMODE((tmp_path / "model" / name).stat().st_mode) == 0o666 & ~umask
 
     back = EDMDenoiser.from_pretrained(tmp_path / "model")
     assert back.meta == meta
@@ -289,6 +294,6 @@ def test_ddpm_pipeline_folder_load_and_sample(tmp_path):
 def test_config_json_is_plain_json(tmp_path):
     tiny(meta={"train_ids": [1, 2]}).save_pretrained(tmp_path / "m")
     cfg = json.loads((tmp_path / "m" / CONFIG_NAME).read_text())
-    assert cfg["type"] == "edm" and cfg["sigma_data"] == 0.5
-    assert cfg["network"]["unet"]["block_out_channels"] == [8, 16]
+    assert cfg["type"] == "edm" and cfg["sigma_data"] == 0.5 and cfg["cond_dim"] == 0
+    assert json.loads((tmp_path / "m" / UNET_CONFIG_NAME).read_text())["block_out_channels"] == [8, 16]
     assert cfg["meta"]["train_ids"] == [1, 2]

@@ -29,6 +29,7 @@ import torch
 from gradio_client import Client
 from PIL import Image
 
+from ambient.denoiser import UNET_CONFIG_NAME, WEIGHTS_NAME
 from demo.handlers import Handlers
 from demo.pairs import PairRegistry
 from demo.tiny_pair import make_tiny_pair
@@ -106,16 +107,16 @@ def _broken_pairs(tiny_cfg: Path, root: Path) -> Path:
     shutil.copytree(src, root / "tiny")
     good = json.loads(tiny_cfg.read_text())["pairs"][0]
     shutil.copytree(src / "ambient", root / "no-weights")
-    (root / "no-weights" / "model.safetensors").unlink()
+    (root / "no-weights" / WEIGHTS_NAME).unlink()
     shutil.copytree(src / "ambient", root / "corrupt")
-    (root / "corrupt" / "model.safetensors").write_bytes(b"\x00not safetensors" * 64)
+    (root / "corrupt" / WEIGHTS_NAME).write_bytes(b"\x00not safetensors" * 64)
     shutil.copytree(src / "ambient", root / "cut")
-    weights = (src / "ambient" / "model.safetensors").read_bytes()
-    (root / "cut" / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    weights = (src / "ambient" / WEIGHTS_NAME).read_bytes()
+    (root / "cut" / WEIGHTS_NAME).write_bytes(weights[: len(weights) // 2])
     shutil.copytree(src / "ambient", root / "wrongshape")
-    cfg = json.loads((root / "wrongshape" / "config.json").read_text())
-    cfg["network"]["unet"]["block_out_channels"] = [16, 16]
-    (root / "wrongshape" / "config.json").write_text(json.dumps(cfg))
+    cfg = json.loads((root / "wrongshape" / UNET_CONFIG_NAME).read_text())
+    cfg["block_out_channels"] = [16, 16]
+    (root / "wrongshape" / UNET_CONFIG_NAME).write_text(json.dumps(cfg))
     outside = root.parent / f"{root.name}-outside"
     shutil.copytree(src / "ambient", outside / "ambient")
 
@@ -276,7 +277,7 @@ API_CASES = [
     ("pair-not-text", GEN, {"pair": 5}, "pair must be a name \\(string\\), got int"),
     ("pair-traversal", GEN, {"pair": "../../etc/passwd"}, "no pair of this name"),
     # model-pair config: what is wrong and how to fix it
-    ("config-missing-safetensors", GEN, {"pair": "no-weights"}, "has no model.safetensors.*How to fix"),
+    ("config-missing-safetensors", GEN, {"pair": "no-weights"}, "has no unet/diffusion_pytorch.*How to fix"),
     ("config-corrupt-safetensors", GEN, {"pair": "corrupt"}, "not a readable safetensors file.*How to fix"),
     ("config-truncated-safetensors", GEN, {"pair": "cut"}, "baseline model.*not a readable safetensors file"),
     ("config-wrong-shape", GEN, {"pair": "wrongshape"}, "baseline model could not be loaded.*does not match"),

@@ -199,7 +199,7 @@ def test_a_folder_with_only_model_pt_is_refused_and_never_read(tmp_path):
     (only_pt / "model.pt").write_bytes(pickle.dumps(Boom(sentinel)))
     config_and_pickles = _pickled_folder(tmp_path / "config-and-pickles", sentinel, with_config=True)
     with watch() as opened:
-        with pytest.raises(FileNotFoundError, match=r"has no config\.json; a model folder needs config\.json and "):
+        with pytest.raises(FileNotFoundError, match=r"has no ambient_config\.json; a model folder needs ambient_conf"):
             EDMDenoiser.from_pretrained(only_pt)
         with pytest.raises(FileNotFoundError, match=r"has no model\.safetensors"):
             EDMDenoiser.from_pretrained(config_and_pickles)
@@ -249,7 +249,7 @@ def test_the_app_refuses_a_pair_of_pickles_with_a_clear_message(tmp_path, tiny):
     with watch() as opened:
         with pytest.raises(PairError, match=r"ambient model could not be loaded: .*has no model\.safetensors") as e:
             reg.get("pickles")
-        assert "config.json + model.safetensors" in e.value.fix
+        assert "ambient_config.json + unet/" in e.value.fix
         with pytest.raises(PairError, match=r"train_data.*could not be read: .*allow_pickle=False"):
             reg.get("npz")
     assert [o for o in _touched(opened) if not o.endswith(".npz")] == [] and not sentinel.exists()
@@ -331,7 +331,7 @@ def test_files_are_served_only_from_gradios_own_folders(app_server, tiny):
         str(ROOT / "app.py"),
         str(ROOT / "assets" / "pairs.json"),
         str(app_server[3]),
-        str(tiny.parent / "tiny" / "ambient" / "model.safetensors"),
+        str(tiny.parent / "tiny" / "ambient" / "unet" / "diffusion_pytorch_model.safetensors"),
         str(tiny.parent / "tiny" / "train.npz"),
     ]
     with httpx.Client(timeout=30) as c:

@@ -77,7 +77,10 @@ def cfg(tmp_path, **kw):
 
 
 def weights(path):
-    return load_file(str(Path(path) / "model.safetensors"))
+    """The network's weights in a training checkpoint (model.safetensors) or a model folder (either layout)."""
+    if (Path(path) / "model.safetensors").is_file():
+        return load_file(str(Path(path) / "model.safetensors"))
+    return {k: v for k, v in EDMDenoiser.from_pretrained(path).net.state_dict().items()}
 
 
 def assert_same_weights(a, b):
