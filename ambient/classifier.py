@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -140,7 +141,7 @@ class FashionClassifier(nn.Module):
         model = cls(**arch, classes=cfg.get("classes"))
         try:
             state = load_file(str(w_path))
-        except Exception as e:
+        except SafetensorError as e:
             raise ValueError(f"{w_path} is not a readable safetensors file: {e}") from e
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:

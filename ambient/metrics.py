@@ -108,6 +108,10 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6
 
     As in the standard FID code: scipy's sqrtm; if it is not finite or has a sizeable imaginary part, the
     covariances get ``eps`` on their diagonals; the tiny imaginary rest is dropped.
+
+    The value is returned as computed, not clamped: for (nearly) identical sets, round-off can make it a tiny
+    negative number (a few 1e-8 of tr(S_a) + tr(S_b) with fewer samples than dimensions). A negative value
+    beyond 1e-6 of that scale means the square root is wrong, and raises ValueError.
     """
     a = np.asarray(feats_a, dtype=np.float64)
     b = np.asarray(feats_b, dtype=np.float64)
@@ -142,8 +146,14 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise ValueError(f"imaginary component {np.max(np.abs(covmean.imag)):.3g} in the covariance square root")
         covmean = covmean.real
-    d = float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean))
-    return max(d, 0.0)
+    scale = float(diff @ diff + np.trace(s_a) + np.trace(s_b))
+    d = scale - 2 * float(np.trace(covmean))
+    if d < -1e-6 * scale:
+        raise ValueError(
+            f"Frechet distance {d:.3g} is negative beyond round-off (scale {scale:.3g}): the covariance square root "
+            "is inaccurate; too few samples for the dimension?"
+        )
+    return d
 
 
 def _classifier(classifier: FashionClassifier | None) -> tuple[FashionClassifier, str]:

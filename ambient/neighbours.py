@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,6 +31,7 @@ import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 
 INDEX_NAME = "index.faiss"
 META_NAME = "meta.json"
@@ -44,6 +46,18 @@ VALID_EMBEDDERS = (
     "fmnist-cnn:FOLDER",
     "open_clip:ARCH/PRETRAINED",
     "dinov2:NAME",
+)
+# What loading a third-party checkpoint can raise: I/O errors, a file its reader rejects (safetensors, pickle,
+# torch's zip reader: RuntimeError, EOFError), a config it rejects (ValueError), weights that do not fit the
+# architecture (RuntimeError, KeyError).
+CHECKPOINT_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    RuntimeError,
+    ValueError,
+    KeyError,
+    EOFError,
+    pickle.UnpicklingError,
+    SafetensorError,
 )
 
 
@@ -267,7 +281,7 @@ class OpenClipEmbedder(_TorchEmbedder):
             model = open_clip.create_model(
                 arch, pretrained=path, device="cpu", pretrained_text=False, require_pretrained=True
             )
-        except Exception as e:
+        except CHECKPOINT_ERRORS as e:
             raise RuntimeError(f"could not load open_clip {arch} from {path}: {type(e).__name__}: {e}") from e
         self.model = model.eval()
         self.name = f"open_clip:{arch}/{pretrained}"
@@ -320,11 +334,13 @@ class DinoV2Embedder(_TorchEmbedder):
             raise RuntimeError("dinov2 embedders need the transformers package") from e
         try:
             return AutoModel.from_pretrained(name, local_files_only=True)
-        except Exception as e:
+        except OSError as e:
             raise RuntimeError(
                 f"DINOv2 weights {name!r} are not on this machine (neither a local folder nor in the Hugging Face "
                 f"cache); this project never downloads them ({type(e).__name__}). Pick another embedder."
             ) from e
+        except CHECKPOINT_ERRORS as e:
+            raise RuntimeError(f"could not load DINOv2 weights {name!r}: {type(e).__name__}: {e}") from e
 
     @staticmethod
     def _load_hub(entry: str) -> torch.nn.Module:
@@ -338,7 +354,7 @@ class DinoV2Embedder(_TorchEmbedder):
             )
         try:
             return torch.hub.load(str(repo), entry, source="local", trust_repo=True)
-        except Exception as e:
+        except (*CHECKPOINT_ERRORS, ImportError) as e:  # the hub repo's code imports its own dependencies
             raise RuntimeError(f"could not load DINOv2 {entry!r} from the torch hub cache: {e}") from e
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -442,7 +458,7 @@ class TrainingSetIndex:
 
     ``kind="flat"`` is exact search (IndexFlatIP); ``kind="ivf"`` is IndexIVFFlat (inner product) for large
     sets: ``nlist`` lists (default about 4 sqrt(N), at least 39 training points per list) of which ``nprobe``
-    are searched (default max(8, nlist / 8)).
+    are searched (default max(8, nlist / 8), at most nlist; ValueError outside 1..nlist).
     """
 
     def __init__(
@@ -549,8 +565,10 @@ class TrainingSetIndex:
             if not 1 <= nlist <= n:
                 raise ValueError(f"nlist must be in 1..{n} (the number of training vectors), got {nlist}")
             if nprobe is None:
-                nprobe = max(8, nlist // 8)
-            nprobe = max(1, min(int(nprobe), nlist))
+                nprobe = min(nlist, max(8, nlist // 8))
+            if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or not 1 <= nprobe <= nlist:
+                raise ValueError(f"nprobe must be an integer in 1..nlist ({nlist}), got {nprobe!r}")
+            nprobe = int(nprobe)
             quantizer = faiss.IndexFlatIP(dim)
             index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
             index.train(x)
@@ -744,7 +762,7 @@ class TrainingSetIndex:
             raise ValueError(f"{index_path} is corrupt or was not written with this {META_NAME} (checksum mismatch)")
         try:
             index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-        except Exception as e:
+        except RuntimeError as e:  # faiss turns its C++ exceptions into RuntimeError
             raise ValueError(f"{index_path} is not a readable faiss index: {e}") from e
         count, dim = int(meta["count"]), int(meta["dim"])
         if index.ntotal != count or index.d != dim:

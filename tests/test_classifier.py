@@ -48,6 +48,10 @@ def test_from_pretrained_errors(tmp_path):
     (tmp_path / "c" / "config.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(ValueError, match="not a FashionClassifier config"):
         FashionClassifier.from_pretrained(tmp_path / "c")
+    FashionClassifier().save_pretrained(tmp_path / "c")
+    (tmp_path / "c" / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        FashionClassifier.from_pretrained(tmp_path / "c")
 
 
 def test_shipped_classifier_is_accurate_as_its_config_says():

@@ -59,6 +59,24 @@ def test_frechet_is_zero_for_the_same_set():
     assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_frechet_reports_round_off_as_is_and_raises_on_a_wrong_square_root(monkeypatch):
+    import ambient.metrics
+
+    rng = np.random.default_rng(5)
+    thin = rng.standard_normal((24, 128)) * rng.uniform(0.1, 3, 128)  # fewer samples than dimensions
+    scale = 2 * np.trace(np.cov(thin, rowvar=False))
+    assert abs(frechet_distance(thin, thin)) < 1e-6 * scale  # round-off stays inside the tolerance
+
+    x = rng.standard_normal((500, 16))
+    scale = 2 * np.trace(np.cov(x, rowvar=False))
+    sqrtm = ambient.metrics.linalg.sqrtm
+    monkeypatch.setattr(ambient.metrics.linalg, "sqrtm", lambda m: (1 + 1e-8) * sqrtm(m))  # round-off sized
+    assert frechet_distance(x, x) == pytest.approx(-1e-8 * scale, rel=1e-3)  # negative, reported, not clamped
+    monkeypatch.setattr(ambient.metrics.linalg, "sqrtm", lambda m: 1.01 * sqrtm(m))  # 1 % off
+    with pytest.raises(ValueError, match="negative beyond round-off"):
+        frechet_distance(x, x)
+
+
 def test_frechet_matches_closed_form_exactly_when_moments_match():
     rng = np.random.default_rng(1)
     (mu1, s1), (mu2, s2) = random_gaussian(rng, 6), random_gaussian(rng, 6)

@@ -87,6 +87,22 @@ def test_hub_embedders_fail_clearly_without_weights(monkeypatch, tmp_path):
         get_embedder("open_clip:ViT-B-32/no-such-tag")
 
 
+def test_a_broken_local_dinov2_folder_is_reported_and_bugs_are_not_disguised(monkeypatch, tmp_path):
+    config = {"model_type": "dinov2", "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2}
+    (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 16, "image_size": 14}))
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(RuntimeError, match="could not load DINOv2 weights.*SafetensorError"):
+        get_embedder(f"dinov2:{tmp_path}")
+    import transformers
+
+    def bug(*args, **kwargs):
+        raise TypeError("a bug, not a missing or broken checkpoint")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", bug)
+    with pytest.raises(TypeError, match="a bug"):
+        get_embedder(f"dinov2:{tmp_path}")  # failures are not cached
+
+
 def test_efficientnet_embedder_offline_normalised_and_instance_sensitive(train):
     e = get_embedder("efficientnet-lite0")
     assert isinstance(e, EfficientNetEmbedder) and e.dim == 1280
@@ -144,6 +160,18 @@ def test_ivf_fills_short_result_lists_exhaustively():
     _, exact = flat.search_embeddings(base[:20], k=150)
     assert (pos >= 0).all()
     assert all(set(a) == set(b) for a, b in zip(pos, exact, strict=True))
+
+
+def test_ivf_nprobe_out_of_range_raises_and_the_default_fits_small_lists():
+    base = clustered_vectors(400, 16, 10, seed=1)
+    for bad in (0, 11, -1, 2.5, True):
+        with pytest.raises(ValueError, match=r"nprobe must be an integer in 1..nlist \(10\)"):
+            TrainingSetIndex.from_embeddings(base, kind="ivf", nlist=10, nprobe=bad)
+    assert TrainingSetIndex.from_embeddings(base, kind="ivf", nlist=10, nprobe=10).nprobe == 10
+    small = TrainingSetIndex.from_embeddings(base, kind="ivf")  # nlist = 400 // 39 = 10 < the default 8 ...
+    assert small.nlist == 10 and small.nprobe == 8
+    tiny = TrainingSetIndex.from_embeddings(base[:100], kind="ivf")  # ... and 100 // 39 = 2: all lists
+    assert tiny.nlist == 2 and tiny.nprobe == 2
 
 
 def test_from_embeddings_has_no_ratio_test():
