@@ -278,4 +278,33 @@ def summary(data: dict[str, Any]) -> str:
         )
     else:
         lines.append("No Ambient snapshot lies below the baseline frontier.")
+    if data.get("bands"):
+        lines.append(band_table(data["bands"]))
     return "\n\n".join(lines)
+
+
+def band_table(bands: dict[str, Any]) -> str:
+    """The band probe (``scripts/band_probe.py``) as a Markdown table: which model ran in which noise band."""
+    rows = bands["rows"]
+    edges = sorted({b["sigma_lo"] for r in rows for b in r["bands"]}, reverse=True)
+    names = [f"sigma >= {edges[0]:g}"] + [f"{lo:g} <= sigma < {hi:g}" for hi, lo in zip(edges, edges[1:], strict=False)]
+    head = f"**Which noise band decides copying** ({bands['settings']['n']} samples a row, same seeds):\n\n"
+    out = ["| " + " | ".join([*names, "ratio test", "cos > 0.95", "Frechet distance"]) + " |"]
+    out.append("|" + "---|" * (len(names) + 3))
+    for r in rows:
+        owners = []
+        for lo in edges:  # the model whose band contains [lo, next edge up)
+            owners.append(next(b["model"] for b in r["bands"] if b["sigma_lo"] <= lo))
+        out.append(
+            "| "
+            + " | ".join(
+                [
+                    *owners,
+                    f"{100 * r['rate_ratio']:.1f} %",
+                    f"{100 * r['rate_similarity']['0.95']:.1f} %",
+                    f"{r['frechet_distance']:.2f}",
+                ]
+            )
+            + " |"
+        )
+    return head + "\n".join(out)

@@ -72,6 +72,30 @@ class HandOverDenoiser(nn.Module):
         return out
 
 
+class BandDenoiser(nn.Module):
+    """Routes each call to the model that owns its noise band: ``bands`` is [(sigma_lo, model), ...] from the
+    highest band down, each model denoising sigma >= its sigma_lo and below the band above; the last sigma_lo
+    must be 0. A hand-over is the two-band case; three bands show which noise range decides copying."""
+
+    def __init__(self, bands: Sequence[tuple[float, Callable[..., torch.Tensor]]]):
+        super().__init__()
+        los = [float(lo) for lo, _ in bands]
+        if not bands or los[-1] != 0.0 or any(a <= b for a, b in zip(los, los[1:], strict=False)):
+            raise ValueError(f"bands need strictly decreasing lower edges ending at 0, got {los}")
+        self.los, self.models = los, [m for _, m in bands]
+
+    def owner(self, sigma: float) -> int:
+        """Index of the band that owns this sigma."""
+        return next(i for i, lo in enumerate(self.los) if sigma >= lo)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Call the model of this sigma's band (one sigma per call, as the samplers make)."""
+        s = torch.as_tensor(sigma).flatten()
+        if s.numel() != 1 and not bool((s == s[0]).all()):
+            raise ValueError("BandDenoiser takes one sigma per call")
+        return self.models[self.owner(float(s[0]))](x, sigma, cond)
+
+
 class CFGDenoiser(nn.Module):
     """Classifier-free guidance: D_u + scale * (D_c - D_u), batched in one call; scale 1 = conditional only."""
 

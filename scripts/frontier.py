@@ -9,6 +9,7 @@ pairs marked, each Ambient point compared with the baseline's early-stopping fro
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in sorted({q["n_train"] for q in points if q["n_train"]}):
         path = frontier.plot_frontier(points, out / f"frontier_n{n}.png", marks if n == 100 else (), n)
         plots[str(n)] = path.name
+    bands_file = a.pair_dir / "studies" / "band_probe.json"
+    bands = json.loads(bands_file.read_text()) if bands_file.is_file() else None
     write_json(
         {
             "what": "ratio-test rate (95 % bootstrap interval) against Frechet distance, one point per snapshot",
@@ -44,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             "points": points,
             "ambient_vs_frontier": compared,
             "shipped": marks,
+            "bands": bands,
             "failed_runs": [{"study": f["study"], "label": f["label"], "error": f.get("error")} for f in failed],
         },
         out / "frontier.json",

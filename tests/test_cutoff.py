@@ -75,3 +75,22 @@ def test_nfe_refuses_an_unknown_sampler():
     assert nfe(18, "heun") == 35 and nfe(18, "euler") == 18
     with pytest.raises(ValueError, match="sampler"):
         nfe(18, "bogus")
+
+
+def test_band_denoiser_gives_each_band_its_model():
+    from ambient.sampling import BandDenoiser
+
+    calls = []
+
+    def model(name):
+        return lambda x, s, c=None: calls.append((name, float(torch.as_tensor(s).flatten()[0]))) or x
+
+    d = BandDenoiser([(2.0, model("high")), (0.5, model("mid")), (0.0, model("low"))])
+    for s in (80.0, 2.0, 1.9, 0.5, 0.49, 0.002):
+        d(torch.zeros(1, 1, 2, 2), s)
+    assert [c[0] for c in calls] == ["high", "high", "mid", "mid", "low", "low"]
+    for bad in ([(2.0, model("a")), (0.5, model("b"))], [(0.5, model("a")), (2.0, model("b")), (0.0, model("c"))]):
+        with pytest.raises(ValueError, match="strictly decreasing"):
+            BandDenoiser(bad)
+    with pytest.raises(ValueError, match="one sigma per call"):
+        d(torch.zeros(2, 1, 2, 2), torch.tensor([3.0, 0.1]))

@@ -94,3 +94,24 @@ def test_describe_config_names_what_differs():
     label = frontier.describe_config(cfg, {"baseline": "b", "sigma_c": 0.5})
     assert label == "Ambient high-noise-only, sigma_n 0.5, scale-shift cond., dropout 0.1, hand-over at 0.5"
     assert frontier.describe_config({"loss": "baseline"}) == "baseline"
+
+
+def test_band_table_names_the_owner_of_every_band():
+    row = {"rate_ratio": 0.1, "rate_similarity": {"0.95": 0.5}, "frechet_distance": 7.0}
+    bands = {
+        "settings": {"n": 8},
+        "rows": [
+            {**row, "bands": [{"sigma_lo": 0.0, "model": "base"}]},
+            {
+                **row,
+                "bands": [
+                    {"sigma_lo": 2.0, "model": "amb"},
+                    {"sigma_lo": 1.0, "model": "early"},
+                    {"sigma_lo": 0.0, "model": "base"},
+                ],
+            },  # fmt: skip
+        ],
+    }
+    table = frontier.band_table(bands).splitlines()
+    assert table[2] == "| sigma >= 2 | 1 <= sigma < 2 | 0 <= sigma < 1 | ratio test | cos > 0.95 | Frechet distance |"
+    assert table[4].startswith("| base | base | base |") and table[5].startswith("| amb | early | base | 10.0 %")
