@@ -78,7 +78,10 @@ def config(out: Path, **kw) -> TrainConfig:
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(folder / "model.safetensors"))
+    """The network's weights in a training checkpoint (model.safetensors) or a model folder (either layout)."""
+    if (folder / "model.safetensors").is_file():
+        return load_file(str(folder / "model.safetensors"))
+    return dict(EDMDenoiser.from_pretrained(folder).net.state_dict())
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
