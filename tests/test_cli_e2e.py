@@ -104,7 +104,8 @@ def test_train_sample_index_evaluate(tmp_path):
     fd = {name: report[name]["frechet_distance"] for name in ("reference", "baseline", "ambient")}
     assert fd["reference"] < min(fd["baseline"], fd["ambient"]), fd  # held-out real images beat 200-step samples
     sweep = json.loads((out / "sweep.json").read_text())["sweep"]
-    assert len(sweep) >= 4 and sweep[-1]["sigma_c"] > 80  # the last point is the baseline alone
+    assert len(sweep) >= 4 and sweep[-1]["sigma_c"] is None  # the last point is the baseline alone, said so
+    assert sweep[-1]["models"] == "the baseline alone"
     assert (out / "sweep.png").stat().st_size > 1000
     assert time.perf_counter() - t0 < 300  # 53 s measured on an idle 2-core machine
 

@@ -41,3 +41,20 @@ def test_copy_vs_steps_table_lists_every_row():
     lines = table.splitlines()
     assert len(lines) == 4 and "held-out real images" in lines[2]
     assert lines[3] == "| b | 100 | 5000 | 50.0 % | 90.0 % | 5.00 | n/a |"
+
+
+def test_app_defaults_counts_the_verdicts_the_generate_handler_returns(tiny):
+    from demo.handlers import Handlers
+    from demo.pairs import PairRegistry
+    from tests.helpers import Memorizer
+
+    script = _script("app_defaults")
+    H = Handlers(PairRegistry.from_path(tiny))
+    p = H.pair("tiny")
+    p.baseline = Memorizer(p.train.images)  # replays its training images: every sample a copy
+    data = script.measure(H, "tiny", 16, 7)
+    assert data["n"] == 16 and data["pair"] == "tiny" and data["cutoff"] == "the Ambient model alone"
+    assert data["baseline"]["rate_ratio"] == 1.0 and data["baseline"]["rate_cos_0.95"] == 1.0
+    assert data["ambient"]["rate_ratio"] == 0.0  # the untrained network makes no copies
+    lo, hi = data["baseline"]["rate_ratio_ci95"]
+    assert lo == hi == 1.0 and data["ambient"]["frechet_distance"] > data["baseline"]["frechet_distance"]
