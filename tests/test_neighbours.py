@@ -311,6 +311,42 @@ def test_load_errors_are_clear(tmp_path):
         TrainingSetIndex.load(folder, train)
 
 
+def test_load_takes_the_construction_path_and_its_checks(tmp_path):
+    base = clustered_vectors(400, 16, 10, seed=1)
+    built = TrainingSetIndex.from_embeddings(base, ids=list(range(100, 500)), kind="ivf", nlist=10, nprobe=3)
+    built.save(tmp_path / "idx")
+    loaded = TrainingSetIndex.load(tmp_path / "idx", None)
+    assert (loaded.nlist, loaded.nprobe, loaded.index.nprobe, loaded.ids) == (10, 3, 3, built.ids)
+    meta_path = tmp_path / "idx" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    for change, message in [
+        ({"nprobe": 11}, r"nprobe must be an integer in 1..nlist \(10\)"),  # raised, not clamped, as when built
+        ({"nlist": 12}, "the faiss index has 10 lists, not nlist=12"),
+        ({"kind": "flat"}, "a 'flat' index is a faiss IndexFlatIP, got IndexIVFFlat"),
+        ({"threshold": 2}, "threshold is a cosine similarity"),
+    ]:
+        meta_path.write_text(json.dumps({**meta, **change}))
+        with pytest.raises(ValueError, match=message):
+            TrainingSetIndex.load(tmp_path / "idx", None)
+
+
+def test_the_split_modules_are_what_neighbours_re_exports():
+    import ambient.embedders
+    import ambient.neighbours
+    import ambient.verdicts
+
+    assert ambient.neighbours.Verdict is ambient.verdicts.Verdict
+    assert ambient.neighbours.Neighbour is ambient.verdicts.Neighbour
+    assert ambient.neighbours.get_embedder is ambient.embedders.get_embedder
+    assert ambient.neighbours.PixelEmbedder is ambient.embedders.PixelEmbedder
+    train = random_images(30, seed=3)
+    queries = torch.cat([train[:2], random_images(3, seed=4)])
+    index = TrainingSetIndex(train)
+    direct = ambient.verdicts.pixel_ratio_test(train.flatten(1), queries.flatten(1))
+    for a, b in zip(index.ratio_test(queries), direct, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_verdict_is_copy_is_the_similarity_test():
     v = Verdict(neighbours=[], similarity=0.5, ratio=0.1, copy_by_similarity=False, copy_by_ratio=True)
     assert not v.is_copy
