@@ -244,6 +244,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return runners[args.command](args)
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # bad settings, missing files, weights that do not load
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -241,15 +241,13 @@ def evaluate_pair(
     """The full comparison behind the README table and the app's trade-off tab; writes report/sweep JSON and PNG."""
     import time
 
-    from ambient.data import balanced_subset, load_fashion_mnist, load_npz
-    from ambient.denoiser import load_denoiser
-    from ambient.neighbours import TrainingSetIndex
+    from ambient.data import balanced_subset, load_fashion_mnist
+    from ambient.pair import load_pair
 
     t0 = time.perf_counter()
-    amb, base = load_denoiser(ambient_dir), load_denoiser(baseline_dir)
     pair_dir, out = Path(pair_dir), Path(out)
-    train = load_npz(pair_dir / "train.npz")
-    index = TrainingSetIndex.load(pair_dir / "index", train.images)
+    pair = load_pair(ambient_dir, baseline_dir, pair_dir / "train.npz", pair_dir / "index")  # as the app does
+    amb, base, index = pair.ambient, pair.baseline, pair.index
     meta = getattr(amb, "meta", {})
     class_names = meta.get("class_names")
     prompts, class_ids = prompt_plan(n, class_names)
@@ -266,9 +264,9 @@ def evaluate_pair(
 
     # A high-noise-only Ambient network is untrained below its sigma_n: "Ambient" then means the hand-over
     # to the baseline at sigma_c = sigma_n (method.md, "Two ways", 2); a one-network model runs alone.
-    sigma_n = meta.get("sigma_n")
-    high_only = meta.get("regime") == "high"
-    amb_cut = Cutoff.default_for(meta.get("regime"), sigma_n)
+    sigma_n = pair.sigma_n
+    high_only = pair.regime == "high"
+    amb_cut = pair.default_cutoff()
     rows = {"reference": ref_row}
     for name, model, low, cut in (
         ("baseline", base, None, Cutoff.ambient_alone()),
@@ -282,7 +280,7 @@ def evaluate_pair(
     lo = sweep_min or (float(sigma_n) if high_only else SIGMA_MIN)
     cutoffs = log_cutoffs(sweep_points, lo, SIGMA_MAX, extra)
     for c in cutoffs:
-        c.check(meta.get("regime"), sigma_n, sigma_max=SIGMA_MAX)
+        c.check(pair.regime, sigma_n, sigma_max=SIGMA_MAX)
     s_prompts, s_ids = prompt_plan(sweep_n, class_names)
     s_cond = encode_prompts(s_prompts, meta.get("text_model"), amb.cond_dim)
     sweep = sweep_cutoff(

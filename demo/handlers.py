@@ -8,7 +8,6 @@ also a ``ValueError`` (for code and tests).
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import logging
 import math
@@ -25,8 +24,9 @@ from typing import Any
 import gradio as gr
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
+from ambient import images
 from ambient.cutoff import Cutoff
 from ambient.sampling import karras_sigmas
 from demo.pairs import ModelPair, PairError, PairRegistry
@@ -185,104 +185,22 @@ def cutoff_label(sigma_c: float, pair: ModelPair, mode: str = "handover") -> str
 LOG = logging.getLogger("ambient.demo")
 
 
-def _open_image(source: Any) -> Image.Image:
-    """A PIL image from a path, bytes or a base64 / data-URL string, size-checked before decoding."""
-    if isinstance(source, Image.Image):
-        return source
-    if isinstance(source, np.ndarray):
-        return Image.fromarray(source)
-    if isinstance(source, bytes | bytearray):
-        if len(source) > MAX_UPLOAD_BYTES:
-            raise InputError(f"The file is {len(source) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES >> 20} MB.")
-        fp: Any = io.BytesIO(source)
-    elif isinstance(source, str | Path):
-        p = Path(source)
-        if not p.is_file():
-            raise InputError("The uploaded file could not be found on the server; upload it again.")
-        if p.stat().st_size > MAX_UPLOAD_BYTES:
-            raise InputError(
-                f"The file is {p.stat().st_size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES >> 20} MB."
-            )
-        fp = p
-    else:
-        raise InputError(f"Expected an image file, got {type(source).__name__}.")
-    try:
-        im = Image.open(fp)
-    except Image.DecompressionBombError as e:  # PIL refuses sizes far above ours before we can look at them
-        raise InputError(
-            f"The image has too many pixels to be decoded safely; the limit is 4096x4096 ({MAX_UPLOAD_PIXELS:,})."
-        ) from e
-    except Exception as e:  # any decoder failure on an untrusted file means: not a readable image
-        raise InputError("This file is not an image that can be read (use PNG, JPEG, WebP, BMP or GIF).") from e
-    w, h = im.size
-    if w * h > MAX_UPLOAD_PIXELS:
-        raise InputError(f"The image is {w}x{h} = {w * h:,} pixels; the limit is 4096x4096 ({MAX_UPLOAD_PIXELS:,}).")
-    if w < 1 or h < 1:
-        raise InputError("The image is empty (0 pixels).")
-    try:
-        im.load()
-    except Exception as e:  # truncated data, broken chunks, decoder errors
-        raise InputError(f"The image file is truncated or corrupt and cannot be decoded ({e}).") from e
-    return im
-
-
-def _to_8bit(im: Image.Image) -> Image.Image:
-    """16-bit, 32-bit and float images to 8 bits by their value range (PIL's own conversion clips them)."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
-        if im.mode == "F" and a.max(initial=0) <= 1.0:
-            top = 1.0
-        return Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    return im
-
-
 def image_to_model_input(source: Any, shape: Sequence[int]) -> torch.Tensor:
-    """Any readable image as a (1, C, H, W) tensor in [-1, 1]: oriented, flattened on black, resized with its
-    aspect ratio kept and padded with black (the training images' background)."""
-    from ambient.data import from_uint8
-
-    c, h, w = (int(s) for s in shape)
-    im = _open_image(source)
-    if getattr(im, "n_frames", 1) > 1:
-        im.seek(0)
+    """An upload as the model's input (``ambient.images.image_to_model_input`` at the app's size limits)."""
+    if isinstance(source, str | Path) and not Path(source).is_file():
+        raise InputError("The uploaded file could not be found on the server; upload it again.")
     try:
-        im = ImageOps.exif_transpose(im)
-    except Exception:  # broken EXIF: keep the pixels as they are
-        pass
-    mode = im.mode
-    try:
-        im = _to_8bit(im)
-        if im.mode in ("P", "PA", "LA", "RGBA") or "transparency" in im.info:
-            im = im.convert("RGBA")
-            canvas = Image.new("RGBA", im.size, (0, 0, 0, 255))
-            im = Image.alpha_composite(canvas, im)
-        im = im.convert("L" if c == 1 else "RGB")
-    except Exception as e:  # colour modes PIL cannot convert (LAB, HSV, ...)
-        raise InputError(
-            f"The image's colour mode {mode} cannot be converted to {'greyscale' if c == 1 else 'RGB'} ({e}); "
-            "save it as an ordinary RGB or greyscale PNG or JPEG."
-        ) from e
-    scale = min(w / im.width, h / im.height)
-    size = (max(1, min(w, round(im.width * scale))), max(1, min(h, round(im.height * scale))))
-    im = im.resize(size, Image.LANCZOS if scale < 1 else Image.BICUBIC)
-    canvas = Image.new(im.mode, (w, h), 0)
-    canvas.paste(im, ((w - size[0]) // 2, (h - size[1]) // 2))
-    arr = np.asarray(canvas, dtype=np.uint8)
-    return from_uint8(arr[None])
+        return images.image_to_model_input(source, shape, MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS)
+    except images.BadImage as e:
+        raise InputError(str(e)) from e
 
 
 def decode_base64_image(data: Any) -> bytes:
-    """Bytes of a base64 string or data URL (``data:image/png;base64,...``)."""
-    if not isinstance(data, str) or not data.strip():
-        raise InputError("image must be a non-empty base64 string (or a data: URL) of a PNG/JPEG file.")
-    if len(data) > MAX_UPLOAD_BYTES * 4 // 3 + 1024:
-        raise InputError(f"The image is larger than {MAX_UPLOAD_BYTES >> 20} MB.")
-    payload = data.split(",", 1)[1] if data.startswith("data:") else data
+    """Bytes of a base64 string or data URL, for the API (``ambient.images.decode_base64_image``)."""
     try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise InputError("image is not valid base64.") from e
+        return images.decode_base64_image(data, MAX_UPLOAD_BYTES)
+    except images.BadImage as e:
+        raise InputError(str(e)) from e
 
 
 # ----------------------------------------------------------------------------- results
@@ -347,11 +265,8 @@ def _u8(images: torch.Tensor) -> np.ndarray:
 
 
 def upscale(image: np.ndarray, size: int = DISPLAY_SIZE) -> Image.Image:
-    """A (H, W, C) uint8 image as a PIL image scaled by nearest neighbour to ``size`` pixels high."""
-    a = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
-    im = Image.fromarray(np.ascontiguousarray(a))
-    factor = max(1, size // max(1, im.height))
-    return im.resize((im.width * factor, im.height * factor), Image.NEAREST)
+    """A (H, W, C) uint8 image scaled up by nearest neighbour to about ``size`` pixels high."""
+    return images.upscale(image, size)
 
 
 def _threshold(pair: ModelPair) -> float:
@@ -361,12 +276,6 @@ def _threshold(pair: ModelPair) -> float:
 def _metric(pair: ModelPair) -> str:
     name = getattr(pair.index, "embedder_name", None) or "pixels"
     return f"cosine similarity of {name} features"
-
-
-def _png_b64(image: np.ndarray) -> str:
-    buf = io.BytesIO()
-    upscale(image, image.shape[0]).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _neighbours_json(v: Any) -> list[dict[str, Any]]:
@@ -437,20 +346,7 @@ class Handlers:
     def _cond(self, pair: ModelPair, prompt: str, n: int) -> torch.Tensor | None:
         if not prompt or not pair.cond_dim:
             return None
-        from ambient.text import get_text_encoder
-
-        try:
-            with self._text_lock:
-                enc = get_text_encoder(pair.text_model)
-                if enc.dim != pair.cond_dim:
-                    raise InputError(
-                        f"The text encoder {pair.text_model} gives {enc.dim}-d vectors but the models expect "
-                        f"{pair.cond_dim}: fix 'text_model' of pair {pair.name}."
-                    )
-                e = enc.encode([prompt])
-        except (ImportError, OSError) as err:
-            raise InputError(f"The text encoder {pair.text_model} could not be loaded: {err}") from err
-        return e.expand(n, -1).clone()
+        return self._cond_many(pair, [prompt]).expand(n, -1).clone()
 
     # -- 1, 2, 3, 5: generate side by side
     def generate(
@@ -692,12 +588,18 @@ class Handlers:
         return SweepView(rows, p.sigma_n, md)
 
     def _cond_many(self, p: ModelPair, prompts: list[str]) -> torch.Tensor | None:
+        """The prompts through the library's one encoder path (``ambient.evaluate.encode_prompts``)."""
         if not p.cond_dim or not any(prompts):
             return None
-        from ambient.text import get_text_encoder
+        from ambient.evaluate import encode_prompts
 
-        with self._text_lock:
-            return get_text_encoder(p.text_model).encode(prompts)
+        try:
+            with self._text_lock:
+                return encode_prompts(prompts, p.text_model, p.cond_dim)
+        except ValueError as err:  # a text encoder whose width is not the models'
+            raise InputError(f"{err}: fix 'text_model' of pair {p.name}.") from err
+        except (ImportError, OSError) as err:
+            raise InputError(f"The text encoder {p.text_model} could not be loaded: {err}") from err
 
 
 # ----------------------------------------------------------------------------- presentation (plain data)
@@ -814,7 +716,7 @@ def result_json(result: GenerateResult, with_images: bool = False) -> dict[str, 
         for s in samples:
             d = {"seed": s.seed, **verdict_json(s.verdict)}
             if with_images:
-                d["png_base64"] = _png_b64(s.image)
+                d["png_base64"] = images.png_base64(s.image)
             out.append(d)
         return out
 

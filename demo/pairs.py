@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from ambient.cutoff import Cutoff
+from ambient.pair import OnDevice, Pair, PairProblem, assemble, check_models, read_sweep
+
+__all__ = ["ModelPair", "OnDevice", "PairError", "PairRegistry", "PairSpec", "load_config", "load_pair"]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HUB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -195,67 +196,19 @@ def load_config(path: str | Path) -> PairsConfig:
     return parse_config(data, path.resolve().parent, path)
 
 
-class OnDevice(nn.Module):
-    """Runs a CPU-facing denoiser on another device: inputs move there, outputs come back to the CPU."""
-
-    def __init__(self, model: nn.Module, device: str):
-        super().__init__()
-        self.model, self.device = model.to(device), torch.device(device)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of the wrapped model's images."""
-        return tuple(self.model.image_shape)  # type: ignore[return-value]
-
-    @property
-    def cond_dim(self) -> int:
-        """The wrapped model's conditioning width."""
-        return int(getattr(self.model, "cond_dim", 0))
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        """The wrapped model's config meta."""
-        return dict(getattr(self.model, "meta", {}) or {})
-
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """D(x, sigma, cond) computed on the device."""
-        s = torch.as_tensor(sigma).to(self.device)
-        c = None if cond is None else cond.to(self.device)
-        return self.model(x.to(self.device), s, c).to(x.device)
-
-
 @dataclass
-class ModelPair:
-    """A loaded pair, ready for the handlers."""
+class ModelPair(Pair):
+    """A loaded pair (``ambient.pair.Pair``) with what the app adds: its config entry, plots and frontier."""
 
-    spec: PairSpec
-    ambient: Any
-    baseline: Any
-    train: Any  # ambient.data.ImageDataset
-    index: Any  # ambient.neighbours.TrainingSetIndex
-    image_shape: tuple[int, int, int]
-    cond_dim: int
-    sigma_min: float
-    sigma_max: float
-    sigma_n: float | None = None
-    regime: str = "all"  # the Ambient model's: "high" = trained only at sigma >= sigma_n
-    text_model: str | None = None
-    sweep: dict[str, Any] | None = None
+    spec: PairSpec = None  # type: ignore[assignment]  # always set by load_pair
     sweep_plot: Path | None = None
     frontier: dict[str, Any] | None = None
     frontier_plot: Path | None = None
-    reference: Any = None
-    device: str = "cpu"
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         """The pair's config name."""
         return self.spec.name
-
-    def default_cutoff(self) -> Cutoff:
-        """The cutoff the Ambient model was trained for (hand-over at sigma_n for a high-noise-only one)."""
-        return Cutoff.default_for(self.regime, self.sigma_n)
 
     def describe(self) -> str:
         """A markdown summary for the status panel."""
@@ -370,17 +323,7 @@ def _read_sweep(spec: PairSpec, policy: PathPolicy, warnings: list[str]) -> tupl
     sweep, plot = None, None
     if spec.sweep:
         try:
-            p = policy.resolve(spec, "sweep", spec.sweep)
-            data = json.loads(p.read_text(encoding="utf-8"))
-            rows = data.get("sweep") if isinstance(data, dict) else None
-            if (
-                not isinstance(rows, list)
-                or not rows
-                or not all(isinstance(r, dict) and isinstance(r.get("sigma_c", 0), int | float | None) for r in rows)
-                or any("sigma_c" not in r for r in rows)
-            ):
-                raise ValueError('it needs a non-empty "sweep" list of rows with a "sigma_c" (a number, or null)')
-            sweep = data
+            sweep = read_sweep(policy.resolve(spec, "sweep", spec.sweep))
         except (PairError, OSError, ValueError) as e:
             warnings.append(
                 f"no precomputed sweep ({e}); the trade-off tab offers the live recompute only. "
@@ -422,109 +365,36 @@ def load_pair(
     spec: PairSpec, allowed_dirs: list[str | Path] | tuple[str | Path, ...] = (), device: str = "cpu"
 ) -> ModelPair:
     """Load and cross-check everything a pair needs; ``PairError`` with a fix when anything is wrong."""
-    from ambient.neighbours import TrainingSetIndex
-
     policy = PathPolicy(allowed_dirs)
     warnings: list[str] = []
     ambient = _load_model(spec, "ambient", policy)
     baseline = _load_model(spec, "baseline", policy)
-    shape_a, shape_b = tuple(ambient.image_shape), tuple(baseline.image_shape)
-    if shape_a != shape_b:
-        raise PairError(
-            spec.name,
-            f"the two models make images of different shapes: ambient {shape_a}, baseline {shape_b}.",
-            "Pair models trained on the same data at the same resolution.",
-        )
-    cond_a, cond_b = int(getattr(ambient, "cond_dim", 0)), int(getattr(baseline, "cond_dim", 0))
-    if cond_a != cond_b:
-        raise PairError(
-            spec.name,
-            f"the models take different conditioning widths: ambient {cond_a}, baseline {cond_b}.",
-            "Train both with the same text encoder (or both unconditional).",
-        )
-    meta = getattr(ambient, "meta", {}) or {}
-    text_model = spec.text_model or meta.get("text_model") or None
-    if cond_a and not text_model:
-        raise PairError(
-            spec.name,
-            f"the models are text-conditional ({cond_a}-d) but no text encoder is named.",
-            'Add "text_model": "all-MiniLM-L6-v2" (or the encoder they were trained with) to the pair.',
-        )
-    sigma_n = spec.sigma_n if spec.sigma_n is not None else meta.get("sigma_n")
-    if not isinstance(sigma_n, int | float) or isinstance(sigma_n, bool) or not math.isfinite(sigma_n) or sigma_n <= 0:
-        sigma_n = None
-        warnings.append('the Ambient model records no training cutoff sigma_n (set "sigma_n" in the config).')
-
-    regime = meta.get("regime") or "all"
-    if regime == "high" and not sigma_n:
-        raise PairError(
-            spec.name,
-            "the Ambient model is high-noise-only but records no sigma_n, so no cutoff can be chosen for it.",
-            'Set "sigma_n" in the config to the value it was trained with.',
-        )
-    train = _load_npz(spec, "train_data", policy)
-    if tuple(train.images.shape[1:]) != shape_a:
-        raise PairError(
-            spec.name,
-            f"the training images are {tuple(train.images.shape[1:])} but the models make {shape_a}.",
-            '"train_data" must hold the images the models were trained on, at the same size and channels.',
-        )
-    if spec.index:
-        path = policy.resolve(spec, "index", spec.index)
-        fix = (
-            "Rebuild it from the training images: TrainingSetIndex(images, ids).save(folder) "
-            "(python -m ambient index, or python scripts/make_tiny_pair.py for a tiny pair)."
-        )
-        if not path.is_dir():
-            raise PairError(spec.name, f"the nearest-neighbour index folder {path} does not exist.", fix)
-        try:
-            index = TrainingSetIndex.load(path, train.images)
-        except Exception as e:
-            msg = " ".join(str(e).split())[:300]
-            raise PairError(spec.name, f"the index at {path} could not be loaded: {msg}", fix) from e
-    else:
-        index = TrainingSetIndex(train.images, list(train.ids))
-        warnings.append("no index in the config: built one in memory (pixels embedder).")
-    if len(index) != len(train):
-        raise PairError(
-            spec.name,
-            f"the index holds {len(index)} images but train_data holds {len(train)}.",
-            "Rebuild the index from this train_data.",
-        )
+    try:
+        check_models(ambient, baseline, spec.text_model, spec.sigma_n)  # before reading the training images
+        train = _load_npz(spec, "train_data", policy)
+        index = policy.resolve(spec, "index", spec.index) if spec.index else None
+        core = assemble(ambient, baseline, train, index, spec.text_model, spec.sigma_n, device, warnings)
+    except PairProblem as e:
+        raise PairError(spec.name, e.problem, e.fix) from e
     reference = None
     if spec.reference_data:
         try:
             reference = _load_npz(spec, "reference_data", policy)
         except PairError as e:
-            warnings.append(f"no held-out reference images ({e.problem}); the live sweep reports memorization only.")
-    sweep, plot = _read_sweep(spec, policy, warnings)
-    frontier, frontier_plot = _read_frontier(spec, policy, warnings, len(train))
-    lo = max(float(getattr(ambient, "sigma_min", 0.002)), float(getattr(baseline, "sigma_min", 0.002)))
-    hi = min(float(getattr(ambient, "sigma_max", 80.0)), float(getattr(baseline, "sigma_max", 80.0)))
-    if device != "cpu":
-        ambient_run, baseline_run = OnDevice(ambient, device), OnDevice(baseline, device)
-    else:
-        ambient_run, baseline_run = ambient, baseline
+            core.warnings.append(
+                f"no held-out reference images ({e.problem}); the live sweep reports memorization only."
+            )
+    sweep, plot = _read_sweep(spec, policy, core.warnings)
+    frontier, frontier_plot = _read_frontier(spec, policy, core.warnings, len(core.train))
+    fields = {k: v for k, v in core.__dict__.items() if k not in ("sweep", "reference")}
     return ModelPair(
-        spec=spec,
-        ambient=ambient_run,
-        baseline=baseline_run,
-        train=train,
-        index=index,
-        image_shape=shape_a,  # type: ignore[arg-type]
-        cond_dim=cond_a,
-        sigma_min=lo,
-        sigma_max=hi,
-        sigma_n=float(sigma_n) if sigma_n else None,
-        regime=regime,
-        text_model=text_model if cond_a else None,
+        **fields,
         sweep=sweep,
+        reference=reference,
+        spec=spec,
         sweep_plot=plot,
         frontier=frontier,
         frontier_plot=frontier_plot,
-        reference=reference,
-        device=device,
-        warnings=warnings,
     )
 
 

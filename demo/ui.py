@@ -64,7 +64,7 @@ from PIL import Image
 client = Client("http://127.0.0.1:7860/")
 r = client.predict(pair="", prompt="a photo of a sneaker", seed=0, n_images=4, steps=18,
                    guidance=1.0, sigma_c=None, mode="handover", api_name="/generate")
-print(r["copies"])                      # {'ambient': 0, 'baseline': 3}
+print(r["copies"])                      # copies among the 4 samples of each side, e.g. {'ambient': ..., 'baseline': ...}
 print(r["baseline"][0]["neighbours"])   # [{'id': ..., 'position': ..., 'similarity': ...}, ...]
 Image.open(io.BytesIO(base64.b64decode(r["ambient"][0]["png_base64"]))).save("ambient0.png")
 
@@ -72,7 +72,8 @@ png = base64.b64encode(open("query.png", "rb").read()).decode()
 print(client.predict(pair="", image=png, k=4, api_name="/neighbours")["is_copy"])
 print(client.predict(pair="", live=False, api_name="/sweep")["rows"][:1])  # the shipped sigma_c sweep
 ```
-`sigma_c=None` means the left end (Ambient alone); `sigma_c` equal to the pair's sigma_max means baseline alone.
+`sigma_c=None` means the pair's default cutoff: Ambient alone for a one-network model, a hand-over at its sigma_n
+for a high-noise-only one; `sigma_c` equal to the pair's sigma_max means the baseline alone.
 """
 
 
