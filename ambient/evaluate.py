@@ -15,7 +15,7 @@ from ambient.cutoff import Cutoff
 from ambient.data import class_prompt
 from ambient.denoiser import SIGMA_MAX, SIGMA_MIN
 from ambient.images import save_grid
-from ambient.sampling import sample
+from ambient.sampling import autocast, sample
 
 Progress = Callable[[float, str], None]
 
@@ -74,7 +74,7 @@ def generate(
     for start in range(0, len(seeds), batch):
         s = list(seeds[start : start + batch])
         c = None if cond is None else cond[start : start + batch]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with autocast("cpu", bf16):
             out.append(sample(ambient, baseline, s, shape, c, steps, sigma_c, mode, "heun", guidance))
         if progress is not None:
             progress(min(1.0, (start + len(s)) / len(seeds)), f"{start + len(s)}/{len(seeds)} samples")
@@ -145,6 +145,17 @@ def sweep_cutoff(
     return rows
 
 
+def nearest_along(index: Any, estimates: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest training image of every step's estimate x0_hat: (similarity, position) arrays of shape
+    (steps, batch), from one index search over all of them."""
+    if not estimates:
+        return np.zeros((0, 0)), np.zeros((0, 0), dtype=np.int64)
+    n = len(estimates[0])
+    stack = torch.cat([d.detach().float().cpu() for d in estimates]).clamp(-1, 1)
+    sims, pos = index.search(stack, 1)
+    return np.asarray(sims).reshape(len(estimates), n), np.asarray(pos).reshape(len(estimates), n)
+
+
 @torch.no_grad()
 def copy_trajectory(
     denoiser: Any,
@@ -154,15 +165,12 @@ def copy_trajectory(
     steps: int = 18,
 ) -> list[dict[str, float]]:
     """Nearest-training-image similarity of x0_hat at every sampling step of one seed (the moment of copying)."""
-    rows: list[dict[str, float]] = []
-
-    def cb(info: dict[str, Any]) -> None:
-        sims, pos = index.search(info["denoised"].float().clamp(-1, 1), 1)
-        rows.append({"sigma": info["sigma"], "similarity": float(sims[0, 0]), "position": int(pos[0, 0])})
-
+    seen: list[tuple[float, torch.Tensor]] = []
     c = None if cond is None else cond[:1]
+    cb = lambda info: seen.append((info["sigma"], info["denoised"]))  # noqa: E731
     sample(denoiser, None, [seed], denoiser.image_shape, c, steps, Cutoff.ambient_alone(), callback=cb)
-    return rows
+    sims, pos = nearest_along(index, [d for _, d in seen])
+    return [{"sigma": s, "similarity": float(sims[k, 0]), "position": int(pos[k, 0])} for k, (s, _) in enumerate(seen)]
 
 
 def plot_sweep(

@@ -161,6 +161,16 @@ def sample_heun(
 SAMPLERS = {"euler": sample_euler, "heun": sample_heun}
 
 
+def autocast(device: str | torch.device = "cpu", bf16: bool = False) -> torch.autocast:
+    """The one precision policy for sampling: bf16 autocast on a CPU that has it (asked for), else full precision.
+
+    GPUs sample in the models' own precision here: the pairs are small, and fp32 keeps the app's images equal
+    to the evaluation's.
+    """
+    dev = torch.device(device).type
+    return torch.autocast(dev, dtype=torch.bfloat16, enabled=bool(bf16) and dev == "cpu")
+
+
 def _device_of(model: Callable[..., torch.Tensor]) -> torch.device:
     """The device of a module's parameters (the CPU for plain callables)."""
     if isinstance(model, nn.Module):

@@ -28,7 +28,8 @@ from PIL import Image
 
 from ambient import images
 from ambient.cutoff import Cutoff
-from ambient.sampling import karras_sigmas
+from ambient.evaluate import nearest_along
+from ambient.sampling import autocast, karras_sigmas
 from demo.pairs import ModelPair, PairError, PairRegistry
 
 MAX_IMAGES = 8
@@ -363,19 +364,38 @@ class Handlers:
         on_step: StepCallback | None = None,
     ) -> GenerateResult:
         """Ambient (with the cutoff) and baseline from the same seeds, with neighbours and x0_hat trajectories."""
-        from ambient.sampling import sample
-
         p = self.pair(pair)
+        req, notes = self._validate(p, prompt, seed, n_images, steps, guidance, sigma_c, mode, k)
+        key = (p.name, req["prompt"], req["seed"], req["n"], req["steps"], req["guidance"], req["cutoff"], req["k"])
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return GenerateResult(**{**hit.__dict__, "cached": True, "notes": notes})  # this request's notes
+        t0 = time.perf_counter()
+        x_a, x_b, records = self._run(p, req, on_step)
+        result = self._assemble(p, req, x_a, x_b, records, notes, time.perf_counter() - t0)
+        with self._lock:
+            self._cache[key] = result
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return result
+
+    @staticmethod
+    def _validate(
+        p: ModelPair, prompt: Any, seed: Any, n_images: Any, steps: Any, guidance: Any, sigma_c: Any, mode: Any, k: Any
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Every argument checked (``InputError`` with a message otherwise), plus notes on what was changed."""
         raw_prompt = prompt
         prompt, capped = check_prompt(prompt)
-        seed = check_int(seed, "seed", 0, MAX_SEED)
-        n = check_int(n_images, "number of images", 1, MAX_IMAGES)
-        steps = check_int(steps, "steps", 1, MAX_STEPS)
-        guidance = check_float(guidance, "guidance scale", 0.0, MAX_GUIDANCE)
-        mode = check_mode(mode)
-        k = check_int(k, "number of neighbours", 1, min(10, len(p.train)))
-        cut = check_cutoff(sigma_c, mode, p)
-        sc = min(max(cut.sigma_c, p.sigma_min), p.sigma_max)  # the slider position it stands for
+        req = {
+            "seed": check_int(seed, "seed", 0, MAX_SEED),
+            "n": check_int(n_images, "number of images", 1, MAX_IMAGES),
+            "steps": check_int(steps, "steps", 1, MAX_STEPS),
+            "guidance": check_float(guidance, "guidance scale", 0.0, MAX_GUIDANCE),
+            "k": check_int(k, "number of neighbours", 1, min(10, len(p.train))),
+            "cutoff": check_cutoff(sigma_c, mode, p),
+        }
         notes = []
         if capped:
             notes.append(f"The prompt was cut to {MAX_PROMPT_CHARS} characters.")
@@ -384,16 +404,17 @@ class Handlers:
         if prompt and not p.cond_dim:
             notes.append("This pair is unconditional: the prompt is ignored.")
             prompt = ""
-        key = (p.name, prompt, seed, n, steps, guidance, cut, k)
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return GenerateResult(**{**hit.__dict__, "cached": True, "notes": notes})  # this request's notes
+        req["prompt"] = prompt
+        return req, notes
 
-        t0 = time.perf_counter()
-        seeds = [(seed + i) % (MAX_SEED + 1) for i in range(n)]
-        cond = self._cond(p, prompt, n)
+    def _run(
+        self, p: ModelPair, req: dict[str, Any], on_step: StepCallback | None
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[tuple[float, torch.Tensor]]]]:
+        """Sample both sides from the same seeds; record every step's x0_hat (and report it to ``on_step``)."""
+        from ambient.sampling import sample
+
+        n, steps, cut = req["n"], req["steps"], req["cutoff"]
+        seeds = [(req["seed"] + i) % (MAX_SEED + 1) for i in range(n)]
         records: dict[str, list[tuple[float, torch.Tensor]]] = {"ambient": [], "baseline": []}
 
         def recorder(side: str, total: int) -> Callable[[dict[str, Any]], None]:
@@ -405,46 +426,58 @@ class Handlers:
 
             return cb
 
-        common = {"seeds": seeds, "shape": p.image_shape, "cond": cond, "steps": steps, "guidance": guidance}
-        common |= {"sigma_min": p.sigma_min, "sigma_max": p.sigma_max}
-        total_a = len(cut.schedule(karras_sigmas(steps, p.sigma_min, p.sigma_max))) - 1
-        total_a = steps if mode == "handover" else max(1, total_a)
-        dev = "cuda" if getattr(p, "device", "cpu") == "cuda" else "cpu"
+        common = {"seeds": seeds, "shape": p.image_shape, "cond": self._cond(p, req["prompt"], n), "steps": steps}
+        common |= {"guidance": req["guidance"], "sigma_min": p.sigma_min, "sigma_max": p.sigma_max}
+        total_a = (
+            steps
+            if cut.mode == "handover"
+            else max(1, len(cut.schedule(karras_sigmas(steps, p.sigma_min, p.sigma_max))) - 1)
+        )
         try:
-            with torch.autocast(dev, dtype=torch.bfloat16, enabled=self.bf16 and dev == "cpu"):
-                low = None if mode == "truncate" else p.baseline
+            with autocast(p.device, self.bf16):
+                low = None if cut.mode == "truncate" else p.baseline
                 x_a = sample(p.ambient, low, sigma_c=cut, callback=recorder("ambient", total_a), **common)
                 x_b = sample(
                     p.baseline, None, sigma_c=Cutoff.ambient_alone(), callback=recorder("baseline", steps), **common
                 )
         except ValueError as e:
             raise InputError(f"Sampling failed: {e}") from e
+        return x_a, x_b, records
+
+    def _assemble(
+        self,
+        p: ModelPair,
+        req: dict[str, Any],
+        x_a: torch.Tensor,
+        x_b: torch.Tensor,
+        records: dict[str, list[tuple[float, torch.Tensor]]],
+        notes: list[str],
+        seconds: float,
+    ) -> GenerateResult:
+        """Verdicts, neighbours and trajectories of both sides, as the result the UI and the API show."""
+        n, cut, k = req["n"], req["cutoff"], req["k"]
+        seeds = [(req["seed"] + i) % (MAX_SEED + 1) for i in range(n)]
         v_a = p.index.verdicts(x_a.float().cpu(), k=k)
         v_b = p.index.verdicts(x_b.float().cpu(), k=k)
         traj = {side: self._trajectories(p, records[side], n, cut, side) for side in records}
         u_a, u_b = _u8(x_a), _u8(x_b)
-        result = GenerateResult(
+        return GenerateResult(
             pair=p.name,
-            prompt=prompt,
-            seed=seed,
-            steps=steps,
-            guidance=guidance,
-            sigma_c=sc,
-            mode=mode,
+            prompt=req["prompt"],
+            seed=req["seed"],
+            steps=req["steps"],
+            guidance=req["guidance"],
+            sigma_c=min(max(cut.sigma_c, p.sigma_min), p.sigma_max),  # the slider position it stands for
+            mode=cut.mode,
             cutoff=cut,
             ambient=[Sample(s, u_a[i], v_a[i], traj["ambient"][i]) for i, s in enumerate(seeds)],
             baseline=[Sample(s, u_b[i], v_b[i], traj["baseline"][i]) for i, s in enumerate(seeds)],
             threshold=_threshold(p),
             metric=_metric(p),
             sigma_n=p.sigma_n,
-            seconds=time.perf_counter() - t0,
+            seconds=seconds,
             notes=notes,
         )
-        with self._lock:
-            self._cache[key] = result
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return result
 
     @staticmethod
     def _trajectories(
@@ -454,9 +487,7 @@ class Handlers:
         out: list[list[dict[str, Any]]] = [[] for _ in range(n)]
         if not rec:
             return out
-        stack = torch.cat([d for _, d in rec]).clamp(-1, 1)
-        sims, pos = p.index.search(stack, 1)
-        sims, pos = np.asarray(sims).reshape(len(rec), n), np.asarray(pos).reshape(len(rec), n)
+        sims, pos = nearest_along(p.index, [d for _, d in rec])
         for step, (sigma, _) in enumerate(rec):
             model = side if side == "baseline" else cut.owner(sigma)
             for i in range(n):
