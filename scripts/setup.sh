@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up a machine to run the tests: system packages (Debian/Ubuntu), then .venv with requirements-dev.txt.
+# With --app, only what the app needs (python3-venv where Debian lacks it, requirements.txt).
 #
 #   bash scripts/setup.sh && .venv/bin/python -m pytest -q
+#   bash scripts/setup.sh --app && .venv/bin/python app.py
 #
 # Works in a root shell without sudo (a fresh Debian container, CI) and on a laptop (sudo is used only when
 # not root). apt is skipped when the packages are already installed, or when there is no apt-get (then the
@@ -11,14 +13,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
+REQUIREMENTS=requirements-dev.txt
 packages=(dataset-fashion-mnist chromium)
+if [ "${1:-}" = "--app" ]; then
+  REQUIREMENTS=requirements.txt
+  packages=()
+elif [ -n "${1:-}" ]; then
+  echo "usage: bash scripts/setup.sh [--app]" >&2
+  exit 2
+fi
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
   packages+=(python3 python3-venv)
 elif ! "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1; then
   packages+=(python3-venv)  # Debian splits venv/ensurepip out of python3
 fi
 
-if command -v dpkg >/dev/null 2>&1 && dpkg -s "${packages[@]}" >/dev/null 2>&1; then
+if [ ${#packages[@]} -eq 0 ]; then
+  echo "setup: no system packages needed"
+elif command -v dpkg >/dev/null 2>&1 && dpkg -s "${packages[@]}" >/dev/null 2>&1; then
   echo "setup: apt packages already installed (${packages[*]})"
 elif command -v apt-get >/dev/null 2>&1; then
   if [ "$(id -u)" -eq 0 ]; then
@@ -40,5 +52,5 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-echo "setup: pip install -r requirements-dev.txt"
-"$VENV/bin/python" -m pip install -q -r requirements-dev.txt
+echo "setup: pip install -r $REQUIREMENTS"
+"$VENV/bin/python" -m pip install -q -r "$REQUIREMENTS"
