@@ -8,6 +8,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -113,418 +114,595 @@ def _df(rows: list[dict[str, Any]], pair: ModelPair | None = None) -> pd.DataFra
     return pd.DataFrame(data, columns=headers)
 
 
+def _new_seed() -> int:
+    """A fresh random seed in the seed box's range."""
+    return secrets.randbelow(h.MAX_SEED + 1)
+
+
+def _first_pair(handlers: Handlers) -> ModelPair | None:
+    """The registry's default pair, loaded, or None when there is none or it cannot be loaded."""
+    default = handlers.registry.default
+    try:
+        return handlers.registry.get(default) if default else None
+    except PairError:
+        return None
+
+
+# ------------------------------------------------------------------------------ layout: one builder per part
+
+
+@dataclass
+class _Header:
+    """Above the tabs: the pair chooser, its status, and the last generate result (shared by every tab)."""
+
+    pair: gr.Dropdown
+    status: gr.Markdown
+    last: gr.State
+
+
+@dataclass
+class _GenerateTab:
+    """The "Generate side by side" tab."""
+
+    prompt: gr.Textbox
+    seed: gr.Number
+    dice: gr.Button
+    randomize: gr.Checkbox
+    n_images: gr.Slider
+    steps: gr.Slider
+    guidance: gr.Slider
+    cutoff: gr.Slider
+    scale_html: gr.HTML
+    cutoff_md: gr.Markdown
+    mode: gr.Radio
+    go: gr.Button
+    summary: gr.Markdown
+    g_amb: gr.Gallery
+    g_base: gr.Gallery
+    nn_amb: gr.HTML
+    nn_base: gr.HTML
+    traj_dd: gr.Dropdown
+    traj_plot: gr.Plot
+    raw: gr.JSON
+    examples: gr.Examples
+
+
+@dataclass
+class _TradeoffTab:
+    """The "Trade-off" tab: the frontier, the shipped sigma_c sweep and a live recompute."""
+
+    frontier_md: gr.Markdown
+    frontier_img: gr.Image
+    sweep_md: gr.Markdown
+    sweep_plot: gr.Plot
+    sweep_tab: gr.Dataframe
+    sweep_png: gr.Image
+    live_n: gr.Slider
+    live_points: gr.Slider
+    live_steps: gr.Slider
+    live_btn: gr.Button
+    live_md: gr.Markdown
+    live_plot: gr.Plot
+    live_tab: gr.Dataframe
+
+
+@dataclass
+class _CheckTab:
+    """The "Check an image" tab."""
+
+    upload: gr.File
+    check_btn: gr.Button
+    query_img: gr.Image
+    check_md: gr.Markdown
+    check_gallery: gr.Gallery
+    train_gallery: gr.Gallery
+
+
+def _header(H: Handlers, banner: str, warning: str) -> _Header:
+    """Intro, device banner, optional warning, the pair chooser and its status."""
+    default = H.registry.default
+    gr.Markdown(INTRO)
+    gr.Markdown(banner or h.device_banner("cpu"), elem_classes=["banner"], elem_id="banner")
+    if warning:
+        gr.Markdown(warning, elem_classes=["banner-warn"], elem_id="banner-warning")
+    with gr.Row():
+        pair_dd = gr.Dropdown(
+            choices=H.registry.choices(), value=default, label="Model pair", scale=1, interactive=True, elem_id="pair"
+        )
+        status = gr.Markdown(H.pair_status(default) if default else H.pair_status(None), elem_id="pair-status")
+    return _Header(pair=pair_dd, status=status, last=gr.State(None))
+
+
+def _generate_tab(first: ModelPair | None) -> _GenerateTab:
+    """Prompt, seed and cutoff controls; the two galleries with their neighbours; trajectories; raw JSON; examples."""
+    lo, hi = h.slider_range(first) if first else (math.log10(0.002), math.log10(80.0))
+    start = h.slider_start(first) if first else lo
+    with gr.Tab("Generate side by side", id="generate"):
+        with gr.Row():
+            with gr.Column(scale=1, min_width=300):
+                prompt = gr.Textbox(
+                    label="Prompt (empty = unconditional)",
+                    placeholder="e.g. a photo of a sneaker",
+                    max_lines=2,
+                    elem_id="prompt",
+                )
+                with gr.Row():
+                    seed = gr.Number(
+                        value=0,
+                        precision=0,
+                        minimum=0,
+                        maximum=h.MAX_SEED,
+                        label="Seed (image i: seed + i)",
+                        elem_id="seed",
+                        scale=3,
+                    )
+                    dice = gr.Button("New seed", scale=1, min_width=60, elem_id="dice")
+                randomize = gr.Checkbox(value=False, label="New random seed on every Generate")
+                n_images = gr.Slider(1, h.MAX_IMAGES, value=4, step=1, label="Images per model", elem_id="n")
+                steps = gr.Slider(1, h.MAX_STEPS, value=18, step=1, label="Sampler steps (Heun)")
+                guidance = gr.Slider(0, h.MAX_GUIDANCE, value=1.0, step=0.1, label="Guidance scale (1 = off)")
+                cutoff = gr.Slider(
+                    lo,
+                    hi,
+                    value=start,
+                    step=0.01,
+                    label="Noise cutoff: log10(sigma_c)",
+                    elem_id="cutoff",
+                    info="Hand-over: the Ambient model above sigma_c, the baseline below.",
+                )
+                scale_html = gr.HTML(cutoff_scale_html(first) if first else "")
+                cutoff_md = gr.Markdown(h.cutoff_label(10**start, first) if first else "", elem_id="cutoff-label")
+                mode = gr.Radio(
+                    [("hand-over", "handover"), ("truncate", "truncate")],
+                    value="handover",
+                    label="Cutoff mode",
+                    info="truncate: stop the Ambient run at sigma_c and show its estimate x0_hat.",
+                )
+                go = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+            with gr.Column(scale=3):
+                summary = gr.Markdown("Press **Generate**.", elem_id="summary")
+                with gr.Row():
+                    g_amb = gr.Gallery(
+                        label="Ambient (with the cutoff)",
+                        columns=4,
+                        height="auto",
+                        elem_id="gallery-ambient",
+                        elem_classes=["gallery-pixelated", "gallery-auto"],
+                        object_fit="contain",
+                        format="png",
+                    )
+                    g_base = gr.Gallery(
+                        label="Baseline (alone)",
+                        columns=4,
+                        height="auto",
+                        elem_id="gallery-baseline",
+                        elem_classes=["gallery-pixelated", "gallery-auto"],
+                        object_fit="contain",
+                        format="png",
+                    )
+                with gr.Row():
+                    nn_amb = gr.HTML("", elem_id="nn-ambient")
+                    nn_base = gr.HTML("", elem_id="nn-baseline")
+        with gr.Accordion("The moment of copying: similarity of x0_hat at every step", open=True):
+            with gr.Row():
+                traj_dd = gr.Dropdown(choices=[], label="Image", scale=1, elem_id="traj-image")
+                traj_plot = gr.Plot(label="Nearest-training-image similarity against sigma", scale=4)
+        with gr.Accordion("Raw result (JSON)", open=False):
+            raw = gr.JSON()
+        ex_lo, ex_sn = round(lo, 2), round(math.log10(first.sigma_n), 2) if first and first.sigma_n else 0.0
+        examples = gr.Examples(
+            [
+                ["", 0, ex_lo, "handover"],
+                ["a photo of a sneaker", 0, ex_sn, "handover"],
+                ["a photo of a bag", 3, round(hi, 2), "handover"],
+                ["a photo of a dress", 7, ex_sn, "truncate"],
+            ],
+            inputs=[prompt, seed, cutoff, mode],
+            label="Examples (results are cached once computed)",
+        )
+    return _GenerateTab(
+        prompt=prompt,
+        seed=seed,
+        dice=dice,
+        randomize=randomize,
+        n_images=n_images,
+        steps=steps,
+        guidance=guidance,
+        cutoff=cutoff,
+        scale_html=scale_html,
+        cutoff_md=cutoff_md,
+        mode=mode,
+        go=go,
+        summary=summary,
+        g_amb=g_amb,
+        g_base=g_base,
+        nn_amb=nn_amb,
+        nn_base=nn_base,
+        traj_dd=traj_dd,
+        traj_plot=traj_plot,
+        raw=raw,
+        examples=examples,
+    )
+
+
+def _tradeoff_tab(H: Handlers, default: str | None, first: ModelPair | None) -> _TradeoffTab:
+    """The frontier plot, the sweep shipped with the pair (plot, table, PNG) and the live-recompute controls."""
+    with gr.Tab("Trade-off", id="tradeoff"):
+        fr_md0, fr_img0 = H.precomputed_frontier(default) if first else ("", None)
+        frontier_md = gr.Markdown(fr_md0, elem_id="frontier-md")
+        frontier_img = gr.Image(
+            fr_img0,
+            label="Quality against memorization: every snapshot of every run (stars: the shipped models)",
+            interactive=False,
+            type="pil",
+            visible=fr_img0 is not None,
+        )
+        gr.Markdown("#### The noise cutoff of this pair: hand-over sweep")
+        sv0 = H.precomputed_sweep(default) if first else None
+        sweep_md = gr.Markdown(sv0.markdown if sv0 else "")
+        has_rows = bool(sv0 and sv0.rows)
+        sweep_plot = gr.Plot(
+            sweep_figure(sv0.rows, sv0.sigma_n, "precomputed") if has_rows else None,
+            label="Memorization and quality against sigma_c",
+            visible=has_rows,
+        )
+        sweep_tab = gr.Dataframe(
+            _df(sv0.rows, first) if has_rows else None, label="Sweep", interactive=False, visible=has_rows
+        )
+        with gr.Accordion("Plot shipped with the pair", open=False):
+            sweep_png = gr.Image(sv0.plot if sv0 else None, label="sweep.png", interactive=False, type="pil")
+        gr.Markdown("#### Recompute live (hand-over sweep; each cutoff samples every seed)")
+        with gr.Row():
+            live_n = gr.Slider(2, 64, value=8, step=1, label="Seeds")
+            live_points = gr.Slider(2, 9, value=4, step=1, label="Cutoffs")
+            live_steps = gr.Slider(2, 40, value=12, step=1, label="Steps")
+            live_btn = gr.Button("Recompute live", elem_id="sweep-btn")
+        live_md = gr.Markdown()
+        live_plot = gr.Plot(label="Live sweep")
+        live_tab = gr.Dataframe(label="Live sweep", interactive=False)
+    return _TradeoffTab(
+        frontier_md=frontier_md,
+        frontier_img=frontier_img,
+        sweep_md=sweep_md,
+        sweep_plot=sweep_plot,
+        sweep_tab=sweep_tab,
+        sweep_png=sweep_png,
+        live_n=live_n,
+        live_points=live_points,
+        live_steps=live_steps,
+        live_btn=live_btn,
+        live_md=live_md,
+        live_plot=live_plot,
+        live_tab=live_tab,
+    )
+
+
+def _check_tab(H: Handlers, default: str | None, first: ModelPair | None) -> _CheckTab:
+    """Upload an image (or pick a training image) and see its nearest training images."""
+    with gr.Tab("Check an image", id="check"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label="Upload an image", file_types=["image"], type="filepath")
+                check_btn = gr.Button("Find nearest training images", variant="primary")
+                query_img = gr.Image(label="What the index sees", interactive=False, height=160)
+            with gr.Column(scale=2):
+                check_md = gr.Markdown()
+                check_gallery = gr.Gallery(
+                    label="Nearest training images",
+                    columns=5,
+                    height="auto",
+                    format="png",
+                    elem_classes=["gallery-pixelated", "gallery-auto"],
+                    elem_id="check-gallery",
+                )
+        gr.Markdown("Or pick a training image (its nearest neighbour is itself: a copy by definition).")
+        train_gallery = gr.Gallery(
+            value=H.training_gallery(default) if first else None,
+            label="Training images",
+            columns=10,
+            height=300,
+            allow_preview=False,
+            elem_classes=["gallery-pixelated"],
+            format="png",
+            elem_id="train-gallery",
+        )
+    return _CheckTab(
+        upload=upload,
+        check_btn=check_btn,
+        query_img=query_img,
+        check_md=check_md,
+        check_gallery=check_gallery,
+        train_gallery=train_gallery,
+    )
+
+
+def _api_tab() -> None:
+    """How to call the named endpoints from code."""
+    with gr.Tab("API", id="api"):
+        gr.Markdown(API_DOC)
+
+
+# ------------------------------------------------------------------------------ wiring
+
+
+def _wire_cutoff_label(H: Handlers, pair_dd: gr.Dropdown, tab: _GenerateTab) -> None:
+    """The label under the cutoff slider follows the slider and the mode."""
+
+    def on_cutoff(pair: str, v: float, m: str) -> str:
+        try:
+            p = H.pair(pair)
+        except InputError:
+            return ""
+        return h.cutoff_label(h.sigma_from_slider(v, p), p, h.check_mode(m))
+
+    for ev in (tab.cutoff.change, tab.mode.change):
+        ev(
+            on_cutoff,
+            [pair_dd, tab.cutoff, tab.mode],
+            tab.cutoff_md,
+            queue=False,
+            show_progress="hidden",
+            api_visibility="private",
+        )
+
+
+def _wire_generate(H: Handlers, top: _Header, tab: _GenerateTab, heavy: dict[str, Any]) -> None:
+    """Generate (button, Enter, new seed, example), streaming previews; the trajectory picker."""
+
+    # gradio names the private events after their functions (and "lambda"): these keep the names they had
+    def show_trajectory(res: h.GenerateResult | None, i: int | None) -> Any:
+        if res is None or i is None or not 0 <= int(i) < len(res.ambient):
+            return None
+        a, b = res.ambient[int(i)], res.baseline[int(i)]
+        left = "Ambient alone" if res.cutoff.is_ambient_alone and res.mode == "handover" else "Ambient"
+        left += "" if left == "Ambient alone" else h._side_note(res)
+        return trajectory_figure(
+            a.trajectory,
+            b.trajectory,
+            res.sigma_c,
+            res.threshold,
+            res.sigma_n,
+            f"Image {int(i) + 1} (seed {a.seed})",
+            left,
+        )
+
+    def pick(evt: gr.SelectData) -> Any:
+        return evt.index
+
+    def finals(res: h.GenerateResult) -> tuple:
+        p = H.pair(res.pair)
+        choices = [(f"image {i + 1} (seed {s.seed})", i) for i, s in enumerate(res.ambient)]
+        return (
+            h.gallery_items(res, "ambient"),
+            h.gallery_items(res, "baseline"),
+            res.seed,
+            h.summary_markdown(res),
+            h.neighbours_html(h.neighbour_rows(res, "ambient", p), "Ambient: nearest training images"),
+            h.neighbours_html(h.neighbour_rows(res, "baseline", p), "Baseline: nearest training images"),
+            gr.update(choices=choices, value=0),
+            show_trajectory(res, 0),
+            h.result_json(res),
+            res,
+        )
+
+    @_gpu
+    def ui_generate(
+        pair: str,
+        prompt_: str,
+        seed_: Any,
+        rnd: bool,
+        n: Any,
+        steps_: Any,
+        g: Any,
+        v: float,
+        m: str,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> Iterator[tuple]:
+        p = H.pair(pair)
+        if rnd:
+            seed_ = _new_seed()
+        sc = h.sigma_from_slider(v, p)
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["res"] = H.generate(
+                    pair, prompt_, seed_, n, steps_, g, sc, m, on_step=lambda side, info: events.put((side, info))
+                )
+            except BaseException as e:  # handed to the generator below
+                box["err"] = e
+            finally:
+                events.put(None)
+
+        progress(0, desc="starting")
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        shown = 0.0
+        skip = [gr.skip()] * 8
+        while (item := events.get()) is not None:
+            side, info = item
+            half = 0 if side == "ambient" else 1
+            progress((half + (info["i"] + 1) / info["total"]) / 2, desc=f"{side}: step {info['i'] + 1}/{info['total']}")
+            if time.monotonic() - shown > 0.3:
+                shown = time.monotonic()
+                prev = h.preview_items(info["denoised"], info)
+                yield (prev, gr.skip(), *skip) if side == "ambient" else (gr.skip(), prev, *skip)
+        worker.join()
+        if "err" in box:
+            raise box["err"]
+        yield finals(box["res"])
+
+    t = tab
+    gen_inputs = [top.pair, t.prompt, t.seed, t.randomize, t.n_images, t.steps, t.guidance, t.cutoff, t.mode]
+    gen_outputs = [t.g_amb, t.g_base, t.seed, t.summary, t.nn_amb, t.nn_base, t.traj_dd, t.traj_plot, t.raw, top.last]
+    t.go.click(ui_generate, gen_inputs, gen_outputs, api_visibility="private", **heavy)
+    t.prompt.submit(ui_generate, gen_inputs, gen_outputs, api_visibility="private", **heavy)
+    t.dice.click(lambda: _new_seed(), None, t.seed, queue=False, api_visibility="private").then(
+        ui_generate, gen_inputs, gen_outputs, api_visibility="private", **heavy
+    )
+    t.examples.load_input_event.then(ui_generate, gen_inputs, gen_outputs, api_visibility="private", **heavy)
+    t.traj_dd.change(
+        show_trajectory, [top.last, t.traj_dd], t.traj_plot, api_visibility="private", show_progress="hidden"
+    )
+    t.g_amb.select(pick, None, t.traj_dd, api_visibility="private", queue=False)
+    t.g_base.select(pick, None, t.traj_dd, api_visibility="private", queue=False)
+
+
+def _wire_pair_change(
+    H: Handlers, top: _Header, gen: _GenerateTab, trade: _TradeoffTab, check: _CheckTab, heavy: dict[str, Any]
+) -> None:
+    """Choosing a pair updates its status, the cutoff slider, the Trade-off tab and the training gallery."""
+
+    def on_pair(pair: str) -> tuple:
+        st = H.pair_status(pair)
+        try:
+            p = H.pair(pair)
+        except InputError:
+            return (
+                st,
+                *[gr.skip()] * 3,
+                "This pair cannot be used (see above).",
+                None,
+                None,
+                None,
+                None,
+                "",
+                gr.update(value=None, visible=False),
+            )
+        a, b = h.slider_range(p)
+        start = h.slider_start(p)
+        sv = H.precomputed_sweep(pair)
+        fr_md, fr_img = H.precomputed_frontier(pair)
+        return (
+            st,
+            gr.update(minimum=a, maximum=b, value=start),
+            h.cutoff_label(10**start, p),
+            cutoff_scale_html(p),
+            sv.markdown,
+            gr.update(
+                value=sweep_figure(sv.rows, sv.sigma_n, "precomputed") if sv.rows else None, visible=bool(sv.rows)
+            ),
+            gr.update(value=_df(sv.rows, p) if sv.rows else None, visible=bool(sv.rows)),
+            sv.plot,
+            H.training_gallery(pair),
+            fr_md,
+            gr.update(value=fr_img, visible=fr_img is not None),
+        )
+
+    pair_outputs = [
+        top.status,
+        gen.cutoff,
+        gen.cutoff_md,
+        gen.scale_html,
+        trade.sweep_md,
+        trade.sweep_plot,
+        trade.sweep_tab,
+        trade.sweep_png,
+        check.train_gallery,
+        trade.frontier_md,
+        trade.frontier_img,
+    ]
+    top.pair.change(on_pair, top.pair, pair_outputs, api_visibility="private", **heavy)
+
+
+def _wire_live_sweep(H: Handlers, pair_dd: gr.Dropdown, tab: _TradeoffTab, heavy: dict[str, Any]) -> None:
+    """The Trade-off tab's "Recompute live" button."""
+
+    @_gpu
+    def ui_live(pair: str, n: Any, pts: Any, st: Any, progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
+        sv = H.live_sweep(pair, n, pts, st, progress=lambda f, msg: progress(f, desc=msg))
+        return sv.markdown, sweep_figure(sv.rows, sv.sigma_n, "live"), _df(sv.rows, H.pair(pair))
+
+    tab.live_btn.click(
+        ui_live,
+        [pair_dd, tab.live_n, tab.live_points, tab.live_steps],
+        [tab.live_md, tab.live_plot, tab.live_tab],
+        api_visibility="private",
+        **heavy,
+    )
+
+
+def _wire_check(H: Handlers, pair_dd: gr.Dropdown, tab: _CheckTab, heavy: dict[str, Any]) -> None:
+    """The Check tab: the button, an upload, or a click on a training image."""
+
+    def check_out(res: h.CheckResult, pair: str) -> tuple:
+        p = H.pair(pair)
+        return h.upscale(res.query), h.check_markdown(res), h.check_items(res, p)
+
+    def ui_check(pair: str, path: str | None) -> tuple:
+        return check_out(H.check_image(pair, path), pair)
+
+    def ui_check_train(pair: str, evt: gr.SelectData) -> tuple:
+        return check_out(H.check_training_image(pair, evt.index), pair)
+
+    check_outputs = [tab.query_img, tab.check_md, tab.check_gallery]
+    tab.check_btn.click(ui_check, [pair_dd, tab.upload], check_outputs, api_visibility="private", **heavy)
+    tab.upload.upload(ui_check, [pair_dd, tab.upload], check_outputs, api_visibility="private", **heavy)
+    tab.train_gallery.select(ui_check_train, [pair_dd], check_outputs, api_visibility="private", **heavy)
+
+
+def _wire_api(H: Handlers, heavy: dict[str, Any]) -> None:
+    """The named endpoints ``/generate``, ``/neighbours`` and ``/sweep`` (JSON in, JSON out)."""
+
+    @_gpu
+    def generate(
+        pair: str = "",
+        prompt: str = "",
+        seed: int = 0,
+        n_images: int = 4,
+        steps: int = 18,
+        guidance: float = 1.0,
+        sigma_c: float | None = None,
+        mode: str = "handover",
+    ) -> dict:
+        """Ambient and baseline images from the same seeds with their nearest training images and copy verdicts."""
+        return h.result_json(H.generate(pair or None, prompt, seed, n_images, steps, guidance, sigma_c, mode), True)
+
+    def neighbours(pair: str = "", image: str = "", train_position: int | None = None, k: int = 4) -> dict:
+        """Nearest training images of a base64 image (or of training image ``train_position``): is it a copy?"""
+        if train_position is not None:
+            res = H.check_training_image(pair or None, train_position, k)
+        else:
+            res = H.check_image(pair or None, h.decode_base64_image(image), k)
+        return {"threshold": res.threshold, "metric": res.metric, **h.verdict_json(res.verdict)}
+
+    @_gpu
+    def sweep(pair: str = "", live: bool = False, n_seeds: int = 16, points: int = 5, steps: int = 18) -> dict:
+        """The sigma_c sweep: the precomputed one shipped with the pair, or a live recompute on n_seeds seeds."""
+        if not isinstance(live, bool):
+            raise InputError(f"live must be true or false, got {live!r}.")
+        sv = H.live_sweep(pair or None, n_seeds, points, steps) if live else H.precomputed_sweep(pair or None)
+        return {"rows": sv.rows, "sigma_n": sv.sigma_n, "about": sv.markdown}
+
+    gr.api(generate, api_name="generate", **heavy)
+    gr.api(neighbours, api_name="neighbours", **heavy)
+    gr.api(sweep, api_name="sweep", **heavy)
+
+
+# ------------------------------------------------------------------------------ the app
+
+
 def build_app(handlers: Handlers, banner: str = "", warning: str = "", max_concurrency: int = 2) -> gr.Blocks:
     """The whole app as a ``gr.Blocks`` (launch it with ``launch_kwargs()``)."""
     H = handlers
-    reg = H.registry
-    default = reg.default
-    try:
-        first: ModelPair | None = reg.get(default) if default else None
-    except PairError:
-        first = None
-    lo, hi = h.slider_range(first) if first else (math.log10(0.002), math.log10(80.0))
-    start = h.slider_start(first) if first else lo
+    default = H.registry.default
+    first = _first_pair(H)
     heavy = {"concurrency_limit": max_concurrency, "concurrency_id": "models"}
-
     with gr.Blocks(title="Ambient Explorer") as demo:
-        gr.Markdown(INTRO)
-        gr.Markdown(banner or h.device_banner("cpu"), elem_classes=["banner"], elem_id="banner")
-        if warning:
-            gr.Markdown(warning, elem_classes=["banner-warn"], elem_id="banner-warning")
-        with gr.Row():
-            pair_dd = gr.Dropdown(
-                choices=reg.choices(), value=default, label="Model pair", scale=1, interactive=True, elem_id="pair"
-            )
-            status = gr.Markdown(H.pair_status(default) if default else H.pair_status(None), elem_id="pair-status")
-        last = gr.State(None)
-
+        top = _header(H, banner, warning)
         with gr.Tabs():
-            # ------------------------------------------------------------------ 1-3, 5
-            with gr.Tab("Generate side by side", id="generate"):
-                with gr.Row():
-                    with gr.Column(scale=1, min_width=300):
-                        prompt = gr.Textbox(
-                            label="Prompt (empty = unconditional)",
-                            placeholder="e.g. a photo of a sneaker",
-                            max_lines=2,
-                            elem_id="prompt",
-                        )
-                        with gr.Row():
-                            seed = gr.Number(
-                                value=0,
-                                precision=0,
-                                minimum=0,
-                                maximum=h.MAX_SEED,
-                                label="Seed (image i: seed + i)",
-                                elem_id="seed",
-                                scale=3,
-                            )
-                            dice = gr.Button("New seed", scale=1, min_width=60, elem_id="dice")
-                        randomize = gr.Checkbox(value=False, label="New random seed on every Generate")
-                        n_images = gr.Slider(1, h.MAX_IMAGES, value=4, step=1, label="Images per model", elem_id="n")
-                        steps = gr.Slider(1, h.MAX_STEPS, value=18, step=1, label="Sampler steps (Heun)")
-                        guidance = gr.Slider(0, h.MAX_GUIDANCE, value=1.0, step=0.1, label="Guidance scale (1 = off)")
-                        cutoff = gr.Slider(
-                            lo,
-                            hi,
-                            value=start,
-                            step=0.01,
-                            label="Noise cutoff: log10(sigma_c)",
-                            elem_id="cutoff",
-                            info="Hand-over: the Ambient model above sigma_c, the baseline below.",
-                        )
-                        scale_html = gr.HTML(cutoff_scale_html(first) if first else "")
-                        cutoff_md = gr.Markdown(
-                            h.cutoff_label(10**start, first) if first else "", elem_id="cutoff-label"
-                        )
-                        mode = gr.Radio(
-                            [("hand-over", "handover"), ("truncate", "truncate")],
-                            value="handover",
-                            label="Cutoff mode",
-                            info="truncate: stop the Ambient run at sigma_c and show its estimate x0_hat.",
-                        )
-                        go = gr.Button("Generate", variant="primary", elem_id="generate-btn")
-                    with gr.Column(scale=3):
-                        summary = gr.Markdown("Press **Generate**.", elem_id="summary")
-                        with gr.Row():
-                            g_amb = gr.Gallery(
-                                label="Ambient (with the cutoff)",
-                                columns=4,
-                                height="auto",
-                                elem_id="gallery-ambient",
-                                elem_classes=["gallery-pixelated", "gallery-auto"],
-                                object_fit="contain",
-                                format="png",
-                            )
-                            g_base = gr.Gallery(
-                                label="Baseline (alone)",
-                                columns=4,
-                                height="auto",
-                                elem_id="gallery-baseline",
-                                elem_classes=["gallery-pixelated", "gallery-auto"],
-                                object_fit="contain",
-                                format="png",
-                            )
-                        with gr.Row():
-                            nn_amb = gr.HTML("", elem_id="nn-ambient")
-                            nn_base = gr.HTML("", elem_id="nn-baseline")
-                with gr.Accordion("The moment of copying: similarity of x0_hat at every step", open=True):
-                    with gr.Row():
-                        traj_dd = gr.Dropdown(choices=[], label="Image", scale=1, elem_id="traj-image")
-                        traj_plot = gr.Plot(label="Nearest-training-image similarity against sigma", scale=4)
-                with gr.Accordion("Raw result (JSON)", open=False):
-                    raw = gr.JSON()
-                ex_lo, ex_sn = round(lo, 2), round(math.log10(first.sigma_n), 2) if first and first.sigma_n else 0.0
-                examples = gr.Examples(
-                    [
-                        ["", 0, ex_lo, "handover"],
-                        ["a photo of a sneaker", 0, ex_sn, "handover"],
-                        ["a photo of a bag", 3, round(hi, 2), "handover"],
-                        ["a photo of a dress", 7, ex_sn, "truncate"],
-                    ],
-                    inputs=[prompt, seed, cutoff, mode],
-                    label="Examples (results are cached once computed)",
-                )
-
-            # ------------------------------------------------------------------ 4
-            with gr.Tab("Trade-off", id="tradeoff"):
-                fr_md0, fr_img0 = H.precomputed_frontier(default) if first else ("", None)
-                frontier_md = gr.Markdown(fr_md0, elem_id="frontier-md")
-                frontier_img = gr.Image(
-                    fr_img0,
-                    label="Quality against memorization: every snapshot of every run (stars: the shipped models)",
-                    interactive=False,
-                    type="pil",
-                    visible=fr_img0 is not None,
-                )
-                gr.Markdown("#### The noise cutoff of this pair: hand-over sweep")
-                sv0 = H.precomputed_sweep(default) if first else None
-                sweep_md = gr.Markdown(sv0.markdown if sv0 else "")
-                has_rows = bool(sv0 and sv0.rows)
-                sweep_plot = gr.Plot(
-                    sweep_figure(sv0.rows, sv0.sigma_n, "precomputed") if has_rows else None,
-                    label="Memorization and quality against sigma_c",
-                    visible=has_rows,
-                )
-                sweep_tab = gr.Dataframe(
-                    _df(sv0.rows, first) if has_rows else None, label="Sweep", interactive=False, visible=has_rows
-                )
-                with gr.Accordion("Plot shipped with the pair", open=False):
-                    sweep_png = gr.Image(sv0.plot if sv0 else None, label="sweep.png", interactive=False, type="pil")
-                gr.Markdown("#### Recompute live (hand-over sweep; each cutoff samples every seed)")
-                with gr.Row():
-                    live_n = gr.Slider(2, 64, value=8, step=1, label="Seeds")
-                    live_points = gr.Slider(2, 9, value=4, step=1, label="Cutoffs")
-                    live_steps = gr.Slider(2, 40, value=12, step=1, label="Steps")
-                    live_btn = gr.Button("Recompute live", elem_id="sweep-btn")
-                live_md = gr.Markdown()
-                live_plot = gr.Plot(label="Live sweep")
-                live_tab = gr.Dataframe(label="Live sweep", interactive=False)
-
-            # ------------------------------------------------------------------ 6
-            with gr.Tab("Check an image", id="check"):
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        upload = gr.File(label="Upload an image", file_types=["image"], type="filepath")
-                        check_btn = gr.Button("Find nearest training images", variant="primary")
-                        query_img = gr.Image(label="What the index sees", interactive=False, height=160)
-                    with gr.Column(scale=2):
-                        check_md = gr.Markdown()
-                        check_gallery = gr.Gallery(
-                            label="Nearest training images",
-                            columns=5,
-                            height="auto",
-                            format="png",
-                            elem_classes=["gallery-pixelated", "gallery-auto"],
-                            elem_id="check-gallery",
-                        )
-                gr.Markdown("Or pick a training image (its nearest neighbour is itself: a copy by definition).")
-                train_gallery = gr.Gallery(
-                    value=H.training_gallery(default) if first else None,
-                    label="Training images",
-                    columns=10,
-                    height=300,
-                    allow_preview=False,
-                    elem_classes=["gallery-pixelated"],
-                    format="png",
-                    elem_id="train-gallery",
-                )
-
-            with gr.Tab("API", id="api"):
-                gr.Markdown(API_DOC)
-
-        # ---------------------------------------------------------------------- wiring
-        def on_cutoff(pair: str, v: float, m: str) -> str:
-            try:
-                p = H.pair(pair)
-            except InputError:
-                return ""
-            return h.cutoff_label(h.sigma_from_slider(v, p), p, h.check_mode(m))
-
-        for ev in (cutoff.change, mode.change):
-            ev(
-                on_cutoff,
-                [pair_dd, cutoff, mode],
-                cutoff_md,
-                queue=False,
-                show_progress="hidden",
-                api_visibility="private",
-            )
-
-        def show_trajectory(res: h.GenerateResult | None, i: int | None) -> Any:
-            if res is None or i is None or not 0 <= int(i) < len(res.ambient):
-                return None
-            a, b = res.ambient[int(i)], res.baseline[int(i)]
-            left = "Ambient alone" if res.cutoff.is_ambient_alone and res.mode == "handover" else "Ambient"
-            left += "" if left == "Ambient alone" else h._side_note(res)
-            return trajectory_figure(
-                a.trajectory,
-                b.trajectory,
-                res.sigma_c,
-                res.threshold,
-                res.sigma_n,
-                f"Image {int(i) + 1} (seed {a.seed})",
-                left,
-            )
-
-        def finals(res: h.GenerateResult) -> tuple:
-            p = H.pair(res.pair)
-            choices = [(f"image {i + 1} (seed {s.seed})", i) for i, s in enumerate(res.ambient)]
-            return (
-                h.gallery_items(res, "ambient"),
-                h.gallery_items(res, "baseline"),
-                res.seed,
-                h.summary_markdown(res),
-                h.neighbours_html(h.neighbour_rows(res, "ambient", p), "Ambient: nearest training images"),
-                h.neighbours_html(h.neighbour_rows(res, "baseline", p), "Baseline: nearest training images"),
-                gr.update(choices=choices, value=0),
-                show_trajectory(res, 0),
-                h.result_json(res),
-                res,
-            )
-
-        @_gpu
-        def ui_generate(
-            pair: str,
-            prompt_: str,
-            seed_: Any,
-            rnd: bool,
-            n: Any,
-            steps_: Any,
-            g: Any,
-            v: float,
-            m: str,
-            progress: gr.Progress = gr.Progress(),  # noqa: B008
-        ) -> Iterator[tuple]:
-            p = H.pair(pair)
-            if rnd:
-                seed_ = secrets.randbelow(h.MAX_SEED + 1)
-            sc = h.sigma_from_slider(v, p)
-            events: queue.SimpleQueue = queue.SimpleQueue()
-            box: dict[str, Any] = {}
-
-            def work() -> None:
-                try:
-                    box["res"] = H.generate(
-                        pair, prompt_, seed_, n, steps_, g, sc, m, on_step=lambda side, info: events.put((side, info))
-                    )
-                except BaseException as e:  # handed to the generator below
-                    box["err"] = e
-                finally:
-                    events.put(None)
-
-            progress(0, desc="starting")
-            worker = threading.Thread(target=work, daemon=True)
-            worker.start()
-            shown = 0.0
-            skip = [gr.skip()] * 8
-            while (item := events.get()) is not None:
-                side, info = item
-                half = 0 if side == "ambient" else 1
-                progress(
-                    (half + (info["i"] + 1) / info["total"]) / 2, desc=f"{side}: step {info['i'] + 1}/{info['total']}"
-                )
-                if time.monotonic() - shown > 0.3:
-                    shown = time.monotonic()
-                    prev = h.preview_items(info["denoised"], info)
-                    yield (prev, gr.skip(), *skip) if side == "ambient" else (gr.skip(), prev, *skip)
-            worker.join()
-            if "err" in box:
-                raise box["err"]
-            yield finals(box["res"])
-
-        gen_inputs = [pair_dd, prompt, seed, randomize, n_images, steps, guidance, cutoff, mode]
-        gen_outputs = [g_amb, g_base, seed, summary, nn_amb, nn_base, traj_dd, traj_plot, raw, last]
-        go.click(ui_generate, gen_inputs, gen_outputs, api_visibility="private", **heavy)
-        prompt.submit(ui_generate, gen_inputs, gen_outputs, api_visibility="private", **heavy)
-        dice.click(lambda: secrets.randbelow(h.MAX_SEED + 1), None, seed, queue=False, api_visibility="private").then(
-            ui_generate, gen_inputs, gen_outputs, api_visibility="private", **heavy
-        )
-        examples.load_input_event.then(ui_generate, gen_inputs, gen_outputs, api_visibility="private", **heavy)
-        traj_dd.change(show_trajectory, [last, traj_dd], traj_plot, api_visibility="private", show_progress="hidden")
-
-        def pick(evt: gr.SelectData) -> Any:
-            return evt.index
-
-        g_amb.select(pick, None, traj_dd, api_visibility="private", queue=False)
-        g_base.select(pick, None, traj_dd, api_visibility="private", queue=False)
-
-        # -- pair change
-        def on_pair(pair: str) -> tuple:
-            st = H.pair_status(pair)
-            try:
-                p = H.pair(pair)
-            except InputError:
-                return (
-                    st,
-                    *[gr.skip()] * 3,
-                    "This pair cannot be used (see above).",
-                    None,
-                    None,
-                    None,
-                    None,
-                    "",
-                    gr.update(value=None, visible=False),
-                )
-            a, b = h.slider_range(p)
-            start = h.slider_start(p)
-            sv = H.precomputed_sweep(pair)
-            fr_md, fr_img = H.precomputed_frontier(pair)
-            return (
-                st,
-                gr.update(minimum=a, maximum=b, value=start),
-                h.cutoff_label(10**start, p),
-                cutoff_scale_html(p),
-                sv.markdown,
-                gr.update(
-                    value=sweep_figure(sv.rows, sv.sigma_n, "precomputed") if sv.rows else None, visible=bool(sv.rows)
-                ),
-                gr.update(value=_df(sv.rows, p) if sv.rows else None, visible=bool(sv.rows)),
-                sv.plot,
-                H.training_gallery(pair),
-                fr_md,
-                gr.update(value=fr_img, visible=fr_img is not None),
-            )
-
-        pair_outputs = [
-            status,
-            cutoff,
-            cutoff_md,
-            scale_html,
-            sweep_md,
-            sweep_plot,
-            sweep_tab,
-            sweep_png,
-            train_gallery,
-            frontier_md,
-            frontier_img,
-        ]
-        pair_dd.change(on_pair, pair_dd, pair_outputs, api_visibility="private", **heavy)
-
-        # -- live sweep
-        @_gpu
-        def ui_live(pair: str, n: Any, pts: Any, st: Any, progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
-            sv = H.live_sweep(pair, n, pts, st, progress=lambda f, msg: progress(f, desc=msg))
-            return sv.markdown, sweep_figure(sv.rows, sv.sigma_n, "live"), _df(sv.rows, H.pair(pair))
-
-        live_btn.click(
-            ui_live,
-            [pair_dd, live_n, live_points, live_steps],
-            [live_md, live_plot, live_tab],
-            api_visibility="private",
-            **heavy,
-        )
-
-        # -- check an image
-        def check_out(res: h.CheckResult, pair: str) -> tuple:
-            p = H.pair(pair)
-            return h.upscale(res.query), h.check_markdown(res), h.check_items(res, p)
-
-        def ui_check(pair: str, path: str | None) -> tuple:
-            return check_out(H.check_image(pair, path), pair)
-
-        def ui_check_train(pair: str, evt: gr.SelectData) -> tuple:
-            return check_out(H.check_training_image(pair, evt.index), pair)
-
-        check_outputs = [query_img, check_md, check_gallery]
-        check_btn.click(ui_check, [pair_dd, upload], check_outputs, api_visibility="private", **heavy)
-        upload.upload(ui_check, [pair_dd, upload], check_outputs, api_visibility="private", **heavy)
-        train_gallery.select(ui_check_train, [pair_dd], check_outputs, api_visibility="private", **heavy)
-
-        # ---------------------------------------------------------------------- named API endpoints
-        @_gpu
-        def generate(
-            pair: str = "",
-            prompt: str = "",
-            seed: int = 0,
-            n_images: int = 4,
-            steps: int = 18,
-            guidance: float = 1.0,
-            sigma_c: float | None = None,
-            mode: str = "handover",
-        ) -> dict:
-            """Ambient and baseline images from the same seeds with their nearest training images and copy verdicts."""
-            return h.result_json(H.generate(pair or None, prompt, seed, n_images, steps, guidance, sigma_c, mode), True)
-
-        def neighbours(pair: str = "", image: str = "", train_position: int | None = None, k: int = 4) -> dict:
-            """Nearest training images of a base64 image (or of training image ``train_position``): is it a copy?"""
-            if train_position is not None:
-                res = H.check_training_image(pair or None, train_position, k)
-            else:
-                res = H.check_image(pair or None, h.decode_base64_image(image), k)
-            return {"threshold": res.threshold, "metric": res.metric, **h.verdict_json(res.verdict)}
-
-        @_gpu
-        def sweep(pair: str = "", live: bool = False, n_seeds: int = 16, points: int = 5, steps: int = 18) -> dict:
-            """The sigma_c sweep: the precomputed one shipped with the pair, or a live recompute on n_seeds seeds."""
-            if not isinstance(live, bool):
-                raise InputError(f"live must be true or false, got {live!r}.")
-            sv = H.live_sweep(pair or None, n_seeds, points, steps) if live else H.precomputed_sweep(pair or None)
-            return {"rows": sv.rows, "sigma_n": sv.sigma_n, "about": sv.markdown}
-
-        gr.api(generate, api_name="generate", **heavy)
-        gr.api(neighbours, api_name="neighbours", **heavy)
-        gr.api(sweep, api_name="sweep", **heavy)
+            gen = _generate_tab(first)
+            trade = _tradeoff_tab(H, default, first)
+            check = _check_tab(H, default, first)
+            _api_tab()
+        # the order of the events below is the order of the app's dependencies (their fn_index): keep it
+        _wire_cutoff_label(H, top.pair, gen)
+        _wire_generate(H, top, gen, heavy)
+        _wire_pair_change(H, top, gen, trade, check, heavy)
+        _wire_live_sweep(H, top.pair, trade, heavy)
+        _wire_check(H, top.pair, check, heavy)
+        _wire_api(H, heavy)
     return demo
 
 
