@@ -251,7 +251,9 @@ def _generate_tab(first: ModelPair | None) -> _GenerateTab:
                     info="Hand-over: the Ambient model above sigma_c, the baseline below.",
                 )
                 scale_html = gr.HTML(cutoff_scale_html(first) if first else "")
-                cutoff_md = gr.Markdown(h.cutoff_label(10**start, first) if first else "", elem_id="cutoff-label")
+                cutoff_md = gr.Markdown(
+                    h.cutoff_label(h.sigma_from_slider(start, first), first) if first else "", elem_id="cutoff-label"
+                )
                 mode = gr.Radio(
                     [("hand-over", "handover"), ("truncate", "truncate")],
                     value="handover",
@@ -577,7 +579,7 @@ def _wire_pair_change(
         return (
             st,
             gr.update(minimum=a, maximum=b, value=start),
-            h.cutoff_label(10**start, p),
+            h.cutoff_label(h.sigma_from_slider(start, p), p),
             cutoff_scale_html(p),
             sv.markdown,
             gr.update(
