@@ -225,6 +225,33 @@ def _run_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    from ambient.latent import FINETUNE_HELP, FinetuneConfig
+
+    p = _parser(
+        sub,
+        "finetune",
+        "fine-tune the UNet of a diffusers text-to-image pipeline on captioned images, baseline or Ambient loss in "
+        "latent space (resumes from OUT/checkpoint)",
+    )
+    for f in dataclasses.fields(FinetuneConfig):
+        flag, help = "--" + f.name.replace("_", "-"), FINETUNE_HELP.get(f.name)
+        if f.name in ("pretrained", "data"):
+            p.add_argument(flag, required=True, help=help)
+        elif isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help)
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default, help=help)
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    from ambient.latent import FinetuneConfig, finetune
+
+    path = finetune(FinetuneConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)}))
+    print(f"pipeline written to {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m ambient", description=__doc__)
@@ -234,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_index(sub)
     _add_evaluate(sub)
     _add_grid(sub)
+    _add_finetune(sub)
     args = parser.parse_args(argv)
     runners = {
         "train": _run_train,
@@ -241,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "index": _run_index,
         "evaluate": _run_evaluate,
         "grid": _run_grid,
+        "finetune": _run_finetune,
     }
     try:
         return runners[args.command](args)
