@@ -74,7 +74,9 @@ def sweep_figure(rows: list[dict[str, Any]], sigma_n: float | None = None, title
     fig = Figure(figsize=(9, 3.4), dpi=100)
     ax = fig.add_subplot(1, 2, 1)
     ax2 = fig.add_subplot(1, 2, 2)
-    sc = [float(r["sigma_c"]) for r in rows]
+    from ambient.evaluate import sweep_positions
+
+    sc = sweep_positions(rows)  # the baseline-alone row (sigma_c null) just past sigma_max
     keys = sorted({k for r in rows for k in (r.get("rate_similarity") or {})}, key=float, reverse=True)
     for k, style in zip(keys, ("-o", "--o", ":o", "-.o"), strict=False):
         ax.plot(

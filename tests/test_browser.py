@@ -93,7 +93,7 @@ def test_slide_generate_and_see_copies_marked(page):
 
     expect(page.locator("#banner")).to_contain_text("CPU")
     label = page.locator("#cutoff-label")
-    expect(label).to_contain_text("Ambient alone")
+    expect(label).to_contain_text("Ambient alone (left end)")
     rng = page.locator("#cutoff input[type=range]")
     rng.focus()
     page.keyboard.press("End")
@@ -104,7 +104,7 @@ def test_slide_generate_and_see_copies_marked(page):
     expect(label).to_contain_text("sigma_c = 1")
     rng.focus()
     page.keyboard.press("Home")
-    expect(label).to_contain_text("Ambient alone")
+    expect(label).to_contain_text("Ambient alone (left end)")
 
     page.click("#generate-btn")
     expect(page.locator("#nn-baseline .nn-row")).to_have_count(4)
