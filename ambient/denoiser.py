@@ -19,6 +19,7 @@ the older layout (``config.json`` + ``model.safetensors`` with ``unet.`` / ``con
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -608,7 +609,8 @@ class DDPMAdapter(nn.Module):
         t = self.sigma_to_t(s.flatten())
         kwargs = {}
         if cond is not None:
-            if "encoder_hidden_states" not in self.unet.forward.__code__.co_varnames:
+            # the signature, not __code__: diffusers wraps forward in decorators whose code has other names
+            if "encoder_hidden_states" not in inspect.signature(self.unet.forward).parameters:
                 raise ValueError(
                     f"this {type(self.unet).__name__} is unconditional and cannot take a prompt embedding (cond): "
                     "pass cond=None"

@@ -377,3 +377,29 @@ def test_unconditional_ddpm_adapter_refuses_a_prompt(tmp_path):
         assert torch.isfinite(ad(x, 1.0)).all()
         with pytest.raises(ValueError, match="unconditional .*pass cond=None"):
             ad(x, 1.0, torch.zeros(2, 4))
+
+
+def test_ddpm_adapter_passes_a_prompt_to_a_conditional_unet():
+    """A UNet2DConditionModel takes cond as encoder_hidden_states (its decorated forward hides the name in __code__)."""
+    import torch
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from ambient.denoiser import DDPMAdapter
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=12,
+        norm_num_groups=4,
+        attention_head_dim=4,
+    )
+    d = DDPMAdapter.from_scheduler(unet.eval(), DDPMScheduler(num_train_timesteps=100))
+    x = torch.randn(2, 1, 8, 8)
+    a, b = d(x, 1.0, torch.zeros(2, 12)), d(x, 1.0, torch.ones(2, 12))
+    assert a.shape == x.shape and (a - b).abs().max() > 0  # the prompt reaches the network
