@@ -163,8 +163,8 @@ def plot_frontier(
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, ax = plt.subplots(figsize=(8.5, 5.2))
-    k = 0
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    k, kb = 0, 0
     for (label, run, n), group in series(points).items():
         if n != n_train or label == "held-out real images":
             continue
@@ -181,13 +181,13 @@ def plot_frontier(
             y,
             yerr=err,
             fmt="-o" if base else "--s",
-            color="k" if base else f"C{k}",
+            color=("k", "0.55", "0.75")[min(kb, 2)] if base else f"C{k}",
             lw=2.2 if base else 1.2,
             ms=4,
             capsize=2,
             label=name,
         )
-        k += 0 if base else 1
+        k, kb = (k, kb + 1) if base else (k + 1, kb)
         for p in group:
             ax.annotate(f"{p['step'] // 1000}k", (p["frechet_distance"], 100 * p["rate_ratio"]), fontsize=6.5)
     for m in marks:
@@ -204,13 +204,12 @@ def plot_frontier(
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("Frechet distance to held-out images (fmnist-cnn features; lower = better quality)")
     ax.set_ylabel("copies: ratio test d1/d2 < 1/3 (%, 95 % bootstrap)")
-    ax.set_title(title or f"Quality against memorization, N = {n_train}: below the black baseline curve = helps")
-    ax.legend(fontsize=6.5, loc="upper right")
+    ax.set_title(title or f"Quality against memorization, N = {n_train}: below the baseline curves = helps")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=1)
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
