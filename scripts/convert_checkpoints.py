@@ -151,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("paths", nargs="+", help="model folders, or folders to search for model folders")
     ap.add_argument("--dry-run", action="store_true", help="only list the folders that would be converted")
     args = ap.parse_args(argv)
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # not set_grad_enabled(False): main() is also called in-process by the tests
+        return _convert_all(args)
+
+
+def _convert_all(args: argparse.Namespace) -> int:
     try:
         folders = find_model_dirs(args.paths)
     except FileNotFoundError as e:
