@@ -82,7 +82,7 @@ def setup(args: argparse.Namespace) -> tuple[Any, str, str]:
     import torch
 
     from demo.handlers import Handlers, device_banner
-    from demo.pairs import PairError, PairRegistry
+    from demo.pairs import ConfigError, PairError, PairRegistry
 
     cores = os.cpu_count() or 1
     threads = args.threads or max(1, cores // args.max_concurrency)
@@ -113,7 +113,8 @@ def setup(args: argparse.Namespace) -> tuple[Any, str, str]:
                     f"\n\nShowing **{name}**, a tiny *untrained* random pair, so that the interface can be tried: its"
                     " images are noise. Put the trained pair into assets/ (see demo/pairs.py) and restart."
                 )
-            except Exception as e:  # the fallback is a convenience; say why it failed and go on without it
+            except (PairError, ConfigError, OSError, ValueError, RuntimeError, ImportError) as e:
+                # the fallback is a convenience (a full disk, a missing text encoder...): say why, go on without it
                 warning += f"\n\nA tiny fallback pair could not be made either ({type(e).__name__}: {e})."
         print(warning, file=sys.stderr)  # the operator sees the full paths; visitors see them redacted
     return Handlers(registry), device_banner(device), registry.redact(warning)
@@ -121,10 +122,18 @@ def setup(args: argparse.Namespace) -> tuple[Any, str, str]:
 
 def _warm_up(handlers: Any) -> None:
     """Load the text encoder and run one tiny sample in the background so the first click is fast."""
+    from demo.pairs import PairError
+
     try:
         pair = handlers.registry.get(handlers.registry.default)
         handlers.generate(pair.name, "warm up" if pair.cond_dim else "", 0, 1, 2)  # loads the text encoder too
-    except Exception as e:  # only an optimisation
+    except (
+        ValueError,
+        PairError,
+        OSError,
+        RuntimeError,
+        ImportError,
+    ) as e:  # only an optimisation; InputError is a ValueError
         print(f"warm-up skipped: {e}", file=sys.stderr)
 
 

@@ -25,6 +25,7 @@ import math
 import os
 import re
 import threading
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,10 +178,14 @@ def parse_config(data: Any, base_dir: str | Path, path: Path | None = None) -> P
             )
         except PairError as e:
             errors[e.pair] = e
-    default = data.get("default")
     names = [s.name for s in specs]
-    if not isinstance(default, str) or default not in names:
+    default = data.get("default")
+    if default is None:
         default = names[0] if names else None
+    elif not isinstance(default, str) or (default not in names and default not in errors):
+        # an unknown default is refused, not swapped for another pair; a broken one stays the default, so the
+        # app opens on its message
+        raise ConfigError(f'"default" in {where} names {default!r}, which is not a pair there; known: {names}')
     return PairsConfig(specs, default, errors, path)
 
 
@@ -297,7 +302,7 @@ def _load_model(spec: PairSpec, key: str, policy: PathPolicy) -> nn.Module:
     where = _model_location(spec, key, policy)
     try:
         model = EDMDenoiser.from_pretrained(where) if spec.kind == "edm" else DDPMAdapter.from_pretrained(where)
-    except Exception as e:  # the library's messages say which file is at fault
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:  # the messages name the file at fault
         msg = " ".join(str(e).split())[:500]
         raise PairError(spec.name, f"the {key} model could not be loaded: {msg}", _fix_for_model(spec, key)) from e
     return model.eval().requires_grad_(False)
@@ -309,7 +314,7 @@ def _load_npz(spec: PairSpec, key: str, policy: PathPolicy) -> Any:
     path = policy.resolve(spec, key, getattr(spec, key))
     try:
         return load_npz(path)
-    except Exception as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # missing, truncated, not an npz
         msg = " ".join(str(e).split())[:300]
         raise PairError(
             spec.name,

@@ -251,3 +251,16 @@ def test_on_device_wrapper_keeps_the_denoiser_face(tiny):
     x = torch.randn(2, 1, 32, 32)
     assert torch.equal(wrapped(x, 3.0), p.ambient(x, 3.0))
     assert wrapped.image_shape == (1, 32, 32) and wrapped.cond_dim == 384 and wrapped.meta["sigma_n"] == 1.0
+
+
+def test_an_unknown_default_pair_is_refused_not_swapped(tmp_path):
+    from demo.pairs import ConfigError, PairRegistry, parse_config
+
+    entry = {"name": "a", "ambient": "x", "baseline": "y", "train_data": "t.npz"}
+    with pytest.raises(ConfigError, match="'nope', which is not a pair there"):
+        parse_config({"default": "nope", "pairs": [entry]}, tmp_path)
+    assert parse_config({"pairs": [entry]}, tmp_path).default == "a"  # no default given: the first pair
+    broken = {"name": "b", "ambient": "x"}  # missing keys: listed as an error, still the default
+    assert parse_config({"default": "b", "pairs": [entry, broken]}, tmp_path).default == "b"
+    (tmp_path / "pairs.json").write_text('{"default": "nope", "pairs": []}')
+    assert "not a pair there" in PairRegistry.from_path(tmp_path / "pairs.json").config_error
