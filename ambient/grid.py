@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ambient.training import TrainConfig
 
 EVAL_KEYS = {"n", "steps", "seed", "baseline", "sigma_c", "mode", "every"}
@@ -209,7 +211,11 @@ def run_grid(
     errors = train_all(chosen, jobs, threads) if train else {r.name: None for r in chosen}
     outs = []
     if evaluate:
-        set_threads(os.cpu_count() or 1)
-        for r in chosen:
-            outs.append(evaluate_run(spec, r, runs, errors.get(r.name)))
+        before = torch.get_num_threads()
+        set_threads(os.cpu_count() or 1)  # scoring runs after training: all cores
+        try:
+            for r in chosen:
+                outs.append(evaluate_run(spec, r, runs, errors.get(r.name)))
+        finally:
+            set_threads(before)  # a caller in the same process keeps its setting
     return outs

@@ -61,7 +61,11 @@ def test_grid_trains_scores_resumes_and_records_a_failed_run(tmp_path):
         {"name": "broken", "train": {"loss": "baseline", "data": str(tmp_path / "missing.npz")}},
     ]
     path = _grid(tmp_path, runs, text_model=None)
+    import torch
+
+    threads = torch.get_num_threads()
     outs = run_grid(path, jobs=2)
+    assert torch.get_num_threads() == threads  # the caller's thread count is left as it was
     studies = {p.stem: json.loads(p.read_text()) for p in outs}
     assert studies["base"]["status"] == "ok" and studies["high"]["status"] == "ok"
     assert [r["step"] for r in studies["high"]["rows"]] == [None, 2, 4]  # held-out reference, then snapshots
