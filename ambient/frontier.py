@@ -80,11 +80,11 @@ def load_points(studies: Iterable[str | Path]) -> tuple[list[dict[str, Any]], li
     points, failed = [], []
     for f in files:
         data = json.loads(f.read_text())
+        if data.get("status") == "failed":  # a grid run that did not finish: listed, with whatever it scored
+            failed.append({"study": str(f), "label": describe_config(data["config"], data.get("eval")), **data})
         rows = data.get("rows")
         if not isinstance(rows, list) or not rows or "rate_ratio" not in rows[0] or "run" not in rows[0]:
             continue  # a probe, not a study of snapshots
-        if data.get("status") == "failed":
-            failed.append({"study": str(f), "label": describe_config(data["config"], data.get("eval")), **data})
         for r in rows:
             if r.get("rate_ratio") is None or r.get("frechet_distance") is None:
                 continue
@@ -264,8 +264,8 @@ def summary(data: dict[str, Any]) -> str:
     lines = [
         f"**The frontier**: {len(pts)} scored snapshots of {len(runs)} runs (failed runs: "
         f"{len(data.get('failed_runs', []))}). Each point is one snapshot: copies by the ratio test (95 % bootstrap "
-        "interval) against the Frechet distance. The black curve is the baseline stopped at each snapshot; a variant "
-        "helps only where it lies below it, at the same quality."
+        "interval) against the Frechet distance. The solid curves are baselines stopped at each snapshot; a variant "
+        "helps only where it lies below them, at the same quality."
     ]
     if below:
         best = min(below, key=lambda c: c["rate_ratio"] - c["baseline_frontier_rate"])

@@ -115,3 +115,10 @@ def test_band_table_names_the_owner_of_every_band():
     table = frontier.band_table(bands).splitlines()
     assert table[2] == "| sigma >= 2 | 1 <= sigma < 2 | 0 <= sigma < 1 | ratio test | cos > 0.95 | Frechet distance |"
     assert table[4].startswith("| base | base | base |") and table[5].startswith("| amb | early | base | 10.0 %")
+
+
+def test_a_failed_run_without_rows_is_still_listed(tmp_path):
+    study = {"status": "failed", "error": "RuntimeError: stopped", "config": {"loss": "baseline"}, "rows": []}
+    (tmp_path / "run.json").write_text(json.dumps(study))
+    points, failed = frontier.load_points([tmp_path])
+    assert points == [] and [f["error"] for f in failed] == ["RuntimeError: stopped"]
