@@ -51,10 +51,16 @@ def describe_config(cfg: dict[str, Any], ev: dict[str, Any] | None = None) -> st
     return label + (", " + ", ".join(extras) if extras else "")
 
 
+def ratio_interval(row: dict[str, Any]) -> list[float]:
+    """A row's 95 % interval of the ratio-test rate: stored, or rebuilt from its rate and sample size."""
+    n = int(row.get("n") or row.get("n_samples"))
+    return list(row.get("rate_ratio_ci95") or bootstrap_rate_ci(round(float(row["rate_ratio"]) * n), n))
+
+
 def _point(row: dict[str, Any], label: str, study: str, kind: str) -> dict[str, Any]:
     n = int(row.get("n") or row.get("n_samples"))
     rate = float(row["rate_ratio"])
-    ci = row.get("rate_ratio_ci95") or list(bootstrap_rate_ci(round(rate * n), n))
+    ci = ratio_interval(row)
     return {
         "label": label,
         "kind": kind,
@@ -225,7 +231,7 @@ def shipped_marks(pair_dir: str | Path) -> list[dict[str, Any]]:
                 continue
             name = side if side == "baseline" else f"ambient ({report.parent.name})"
             n = int(r.get("n") or r.get("n_samples"))
-            ci = r.get("rate_ratio_ci95") or list(bootstrap_rate_ci(round(r["rate_ratio"] * n), n))
+            ci = ratio_interval(r)
             marks.append(
                 {
                     "label": f"shipped {name}",

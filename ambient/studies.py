@@ -14,8 +14,6 @@ from typing import Any
 
 import torch
 
-from ambient.metrics import bootstrap_rate_ci
-
 
 def git_commit(repo: str | Path | None = None) -> str:
     """The checked-out commit, with "+dirty" when tracked files differ from it ("unknown" outside git)."""
@@ -39,14 +37,6 @@ def snapshots(run: Path) -> list[Path]:
     if not snaps:
         raise FileNotFoundError(f"{run} has no snapshots and no model")
     return snaps
-
-
-def with_interval(row: dict[str, Any]) -> dict[str, Any]:
-    """The row with ``rate_ratio_ci95`` filled in from its rate and sample size when it lacks one."""
-    if row.get("rate_ratio") is not None and not row.get("rate_ratio_ci95"):
-        n = int(row.get("n") or row.get("n_samples"))
-        row = {**row, "rate_ratio_ci95": list(bootstrap_rate_ci(round(row["rate_ratio"] * n), n))}
-    return row
 
 
 def score_run(

@@ -259,6 +259,17 @@ class SweepView:
     plot: Image.Image | None = None
 
 
+def _shipped_png(path: Path | None) -> Image.Image | None:
+    """A plot shipped with a pair, as RGB; None when there is none or it cannot be read."""
+    if path is None:
+        return None
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError):
+        return None
+
+
 def _u8(images: torch.Tensor) -> np.ndarray:
     from ambient.data import to_uint8
 
@@ -547,14 +558,7 @@ class Handlers:
             f"Precomputed sweep of **{p.spec.label}** ({len(s['sweep'])} cutoffs; {'; '.join(bits)}). "
             f"Left end: Ambient alone; right end (past sigma_max): baseline alone. {note}"
         )
-        plot = None
-        if p.sweep_plot is not None:
-            try:
-                with Image.open(p.sweep_plot) as im:
-                    plot = im.convert("RGB")
-            except (OSError, ValueError):
-                plot = None
-        return SweepView(list(s["sweep"]), s.get("sigma_n", p.sigma_n), md, plot)
+        return SweepView(list(s["sweep"]), s.get("sigma_n", p.sigma_n), md, _shipped_png(p.sweep_plot))
 
     def precomputed_frontier(self, pair: str | None) -> tuple[str, Image.Image | None]:
         """The quality-memorization frontier shipped with the pair: what it says, and its plot."""
@@ -563,14 +567,7 @@ class Handlers:
         p = self.pair(pair)
         if not p.frontier:
             return "No frontier ships with this pair (`python scripts/frontier.py <pair folder>` writes one).", None
-        plot = None
-        if p.frontier_plot is not None:
-            try:
-                with Image.open(p.frontier_plot) as im:
-                    plot = im.convert("RGB")
-            except (OSError, ValueError):
-                plot = None
-        return summary(p.frontier), plot
+        return summary(p.frontier), _shipped_png(p.frontier_plot)
 
     def live_sweep(
         self,

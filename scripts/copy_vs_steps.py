@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from ambient.data import balanced_subset, load_fashion_mnist, training_set_of  # noqa: E402
-from ambient.denoiser import is_model_dir, load_denoiser  # noqa: E402
+from ambient.denoiser import load_denoiser  # noqa: E402
 from ambient.evaluate import encode_prompts, generate, prompt_plan, score_samples, write_json  # noqa: E402
 from ambient.neighbours import TrainingSetIndex  # noqa: E402
+from ambient.studies import snapshots  # noqa: E402
 
 SAME = ("n", "steps", "seed", "baseline", "sigma_c", "mode")  # settings that rows of one file must share
 
@@ -33,16 +34,6 @@ SAME = ("n", "steps", "seed", "baseline", "sigma_c", "mode")  # settings that ro
 def _setting(a: argparse.Namespace, key: str) -> object:
     value = getattr(a, key)
     return str(value) if isinstance(value, Path) else value
-
-
-def snapshots(run: Path) -> list[Path]:
-    """The run's snapshot folders in step order (its final model when it has none)."""
-    snaps = sorted((run / "snapshots").glob("step_*"))
-    if not snaps and is_model_dir(run / "model"):
-        snaps = [run / "model"]
-    if not snaps:
-        raise SystemExit(f"{run} has no snapshots and no model")
-    return snaps
 
 
 def markdown(rows: list[dict]) -> str:
@@ -93,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for run in a.runs:
         train = None
-        for snap in snapshots(run):
+        try:
+            snaps = snapshots(run)
+        except FileNotFoundError as e:
+            raise SystemExit(str(e)) from e
+        for snap in snaps:
             model = load_denoiser(snap)
             step = int(model.meta.get("steps", 0))
             if step < a.min_step or (a.every and step % a.every) or (run.resolve(), step) in done:
