@@ -15,6 +15,8 @@ TRAIN_HELP: dict[str, str] = {
     "n": "number of training images (a class-balanced subset of the data)",
     "subset_seed": "seed of the choice of that subset",
     "image_size": "image side in pixels (Fashion-MNIST's 28 are padded to it)",
+    "upsample": "train at image_size times this, each pixel repeated (a finer noise grid, the same content); "
+    "samples are averaged back to image_size for scoring",
     "loss": "'baseline' (EDM) or 'ambient' (above sigma_n only fixed noisy copies of the data are seen)",
     "sigma_n": "noise level of the fixed noisy copies; the ambient loss needs it > 0",
     "regime": "'all' (one network for every sigma) or 'high' (only sigma >= sigma_n: a high-noise-only Ambient network)",

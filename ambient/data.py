@@ -143,6 +143,23 @@ def pad_to(images: torch.Tensor, size: int, value: float = -1.0) -> torch.Tensor
     return torch.nn.functional.pad(images, (left, size - w - left, top, size - h - top), value=value)
 
 
+def upsample_pixels(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """Repeat each pixel factor x factor times: (N, C, H, W) -> (N, C, factor H, factor W), content unchanged."""
+    if factor < 1:
+        raise ValueError(f"the upsampling factor must be a positive integer, not {factor}")
+    return images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
+def downsample_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Average size-aligned blocks back to size x size: the inverse of ``upsample_pixels`` (identity at size)."""
+    h, w = images.shape[-2:]
+    if h == size and w == size:
+        return images
+    if h != w or h % size:
+        raise ValueError(f"cannot average {h}x{w} images down to {size}x{size}: the side must be a multiple of it")
+    return torch.nn.functional.avg_pool2d(images, h // size)
+
+
 def load_fashion_mnist(split: str = "train", folder: str | Path | None = None, size: int = 32) -> ImageDataset:
     """Fashion-MNIST from its IDX files, padded to ``size`` (the Debian package's folder by default)."""
     if split not in ("train", "test"):

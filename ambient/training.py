@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ambient.data import SYNONYMS, TEMPLATES, ImageDataset, balanced_subset, load_dataset
+from ambient.data import SYNONYMS, TEMPLATES, ImageDataset, balanced_subset, load_dataset, upsample_pixels
 from ambient.denoiser import SIGMA_MAX, _atomic_write_dir, build_unet
 from ambient.losses import ambient_loss, edm_loss, fixed_noise, sample_sigmas
 
@@ -36,6 +36,7 @@ class TrainConfig:
     n: int = 100
     subset_seed: int = 0
     image_size: int = 32
+    upsample: int = 1  # train at image_size * upsample, each pixel repeated (scored back at image_size)
     loss: str = "baseline"  # baseline | ambient
     sigma_n: float = 0.0
     regime: str = "all"  # all | high (only sigma >= sigma_n: a high-noise-only Ambient network)
@@ -78,6 +79,8 @@ class TrainConfig:
             raise ValueError(f"time_scale_shift must be 'default' or 'scale_shift', not {self.time_scale_shift!r}")
         if self.high_weight not in ("edm", "ambient4"):
             raise ValueError(f"high_weight must be 'edm' or 'ambient4', not {self.high_weight!r}")
+        if not isinstance(self.upsample, int) or self.upsample < 1:
+            raise ValueError(f"upsample must be a positive integer, not {self.upsample!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
         if self.weight_decay < 0 or self.p_std <= 0:
@@ -156,7 +159,8 @@ class Trainer:
 
         full = dataset if dataset is not None else load_dataset(config.data, "train", config.image_size)
         self.data = balanced_subset(full, config.n, config.subset_seed) if config.n < len(full) else full
-        self.images = self.data.images.to(self.device)
+        # upsample > 1: the same content on a finer grid, so a fixed noise field carries upsample^2 times the numbers
+        self.images = upsample_pixels(self.data.images, config.upsample).to(self.device)
         shape = tuple(self.images.shape[1:])
         # One fixed noise field per training image, a function of (seed, source id) alone.
         self.eta = fixed_noise(self.data.ids, shape, config.seed).to(self.device)
@@ -228,7 +232,7 @@ class Trainer:
         state = json.loads((ck / "state.json").read_text())
         saved = state["config"]
         keys = ("loss", "sigma_n", "regime", "n", "subset_seed", "seed", "batch", "block_out_channels")
-        later = ("time_scale_shift", "dropout", "weight_decay", "p_mean", "p_std", "high_weight")
+        later = ("time_scale_shift", "dropout", "weight_decay", "p_mean", "p_std", "high_weight", "upsample")
         defaults = TrainConfig()
         for k in (*keys, "layers_per_block", "text_model", "data", "image_size", *later):
             # settings added after a checkpoint was written default to what that checkpoint used

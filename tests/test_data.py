@@ -16,6 +16,7 @@ from ambient.data import (
     balanced_subset,
     caption,
     class_prompt,
+    downsample_pixels,
     from_uint8,
     load_dataset,
     load_fashion_mnist,
@@ -23,6 +24,7 @@ from ambient.data import (
     load_npz,
     pad_to,
     to_uint8,
+    upsample_pixels,
 )
 
 torch.set_num_threads(1)  # tiny tensors: one thread avoids OpenMP spin-waits on a busy machine
@@ -125,6 +127,21 @@ def test_pad_to():
     assert pad_to(torch.zeros(1, 1, 3, 5), 8, value=0.5)[0, 0, 0, 0] == 0.5
     with pytest.raises(ValueError):
         pad_to(x, 20)
+
+
+def test_upsample_repeats_pixels_and_downsample_inverts_it():
+    x = torch.randn(3, 1, 5, 5)
+    up = upsample_pixels(x, 2)
+    assert up.shape == (3, 1, 10, 10)
+    assert torch.equal(up[:, :, 2:4, 6:8], x[:, :, 1:2, 3:4].expand(3, 1, 2, 2))  # each pixel a 2x2 block
+    torch.testing.assert_close(downsample_pixels(up, 5), x)
+    assert downsample_pixels(x, 5) is x  # already at that size: untouched
+    noisy = up + torch.randn_like(up)  # a noise field on the fine grid averages down to a quarter of its variance
+    assert 0.2 < (downsample_pixels(noisy, 5) - x).var().item() < 0.3
+    with pytest.raises(ValueError, match="multiple"):
+        downsample_pixels(torch.zeros(1, 1, 10, 10), 4)
+    with pytest.raises(ValueError, match="positive integer"):
+        upsample_pixels(x, 0)
 
 
 def test_uint8_conversions_round_trip():

@@ -76,3 +76,12 @@ def test_grid_trains_scores_resumes_and_records_a_failed_run(tmp_path):
     # Started again, nothing is retrained or rescored: the rows are unchanged.
     again = {p.stem: json.loads(p.read_text()) for p in run_grid(path, jobs=1, only=["high"])}
     assert again["high"]["rows"] == studies["high"]["rows"]
+
+
+def test_an_upsampled_run_is_scored_at_its_data_size(tmp_path):
+    path = _grid(tmp_path, [{"name": "up", "train": {"loss": "baseline", "upsample": 2}}], text_model=None, steps=2)
+    (out,) = run_grid(path, jobs=1, threads=1)
+    study = json.loads(out.read_text())
+    assert study["status"] == "ok" and study["config"]["upsample"] == 2
+    assert [r["step"] for r in study["rows"]] == [None, 2]
+    assert all(r["n_training"] == 20 and r["frechet_distance"] > 0 for r in study["rows"])

@@ -125,6 +125,18 @@ def test_steps_ema_export_and_meta(tmp_path):
     assert sorted(p.name for p in Path(c.out).iterdir()) == [CHECKPOINT, "model", "snapshots"]
 
 
+def test_upsampled_training_sees_the_same_content_on_a_finer_noise_grid(tmp_path):
+    c = cfg(tmp_path, loss="ambient", sigma_n=0.5, upsample=2, steps=2)
+    tr = Trainer(c, toy_dataset())
+    assert tr.images.shape[1:] == (1, 16, 16) and tr.model.image_shape == (1, 16, 16)
+    torch.testing.assert_close(torch.nn.functional.avg_pool2d(tr.images, 2), tr.data.images)
+    assert torch.equal(tr.eta, fixed_noise(tr.data.ids, (1, 16, 16), c.seed))  # four times the numbers per image
+    m = EDMDenoiser.from_pretrained(tr.run())
+    assert m.image_shape == (1, 16, 16) and m.meta["train_config"]["upsample"] == 2
+    with pytest.raises(ValueError, match="upsample"):
+        cfg(tmp_path, upsample=0).validate()
+
+
 def test_training_lowers_the_loss_on_fixed_draws(tmp_path):
     """Not convergence: 40 steps must lower the EDM loss on a fixed set of (image, sigma, noise) draws."""
     tr = Trainer(cfg(tmp_path, steps=40, batch=8, lr=2e-3, warmup=1, checkpoint_every=100), toy_dataset())
@@ -202,6 +214,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         ({"sigma_n": 1.0}, "sigma_n"),
         ({"seed": 1}, "seed"),
         ({"block_out_channels": [16, 16]}, "block_out_channels"),
+        ({"upsample": 2}, "upsample"),
     ]:
         with pytest.raises(ValueError, match=f"written with {key}="):
             Trainer(replace(c, steps=4, **kw), toy_dataset())
