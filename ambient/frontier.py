@@ -46,6 +46,9 @@ def describe_config(cfg: dict[str, Any], ev: dict[str, Any] | None = None) -> st
         extras.append(f"weight {cfg['high_weight']}")
     if (cfg.get("p_mean", -1.2), cfg.get("p_std", 1.2)) != (-1.2, 1.2):
         extras.append(f"ln sigma ~ N({cfg['p_mean']:g}, {cfg['p_std']:g})")
+    if cfg.get("upsample", 1) != 1:
+        k = cfg["upsample"]
+        extras.append(f"trained at {k}x the pixels per side (scored at {cfg.get('image_size', 32)})")
     if ev and ev.get("baseline") and ev.get("sigma_c"):
         extras.append(f"hand-over at {ev['sigma_c']:g}")
     return label + (", " + ", ".join(extras) if extras else "")

@@ -94,6 +94,8 @@ def test_describe_config_names_what_differs():
     label = frontier.describe_config(cfg, {"baseline": "b", "sigma_c": 0.5})
     assert label == "Ambient high-noise-only, sigma_n 0.5, scale-shift cond., dropout 0.1, hand-over at 0.5"
     assert frontier.describe_config({"loss": "baseline"}) == "baseline"
+    up = frontier.describe_config({"loss": "baseline", "upsample": 2, "image_size": 32})
+    assert up == "baseline, trained at 2x the pixels per side (scored at 32)"
 
 
 def test_band_table_names_the_owner_of_every_band():
