@@ -97,19 +97,37 @@ class BandDenoiser(nn.Module):
 
 
 class CFGDenoiser(nn.Module):
-    """Classifier-free guidance: D_u + scale * (D_c - D_u), batched in one call; scale 1 = conditional only."""
+    """Classifier-free guidance: D_u + scale * (D_c - D_u), batched in one call; scale 1 = conditional only.
 
-    def __init__(self, inner: Callable[..., torch.Tensor], scale: float):
+    The unconditional input is ``uncond`` (one row, or one per image: a text-to-image model's empty-prompt
+    token states) or, when None, a zero vector (the project's pixel models: a zero embedding is the empty prompt).
+    """
+
+    def __init__(self, inner: Callable[..., torch.Tensor], scale: float, uncond: torch.Tensor | None = None):
         super().__init__()
-        if not math.isfinite(scale) or not 0 <= scale <= 20:
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
+            raise ValueError(f"guidance scale must be a finite number in [0, 20], got {scale!r}")
+        if not 0 <= scale <= 20:
             raise ValueError(f"guidance scale must be in [0, 20], got {scale!r}")
-        self.inner, self.scale = inner, float(scale)
+        if uncond is not None and (not isinstance(uncond, torch.Tensor) or uncond.ndim < 2):
+            raise ValueError("uncond must be a tensor with a batch dimension (1 or B rows)")
+        self.inner, self.scale, self.uncond = inner, float(scale), uncond
+
+    def _uncond(self, cond: torch.Tensor) -> torch.Tensor:
+        if self.uncond is None:
+            return torch.zeros_like(cond)
+        u = self.uncond.to(cond.device, cond.dtype)
+        if u.shape[1:] != cond.shape[1:] or len(u) not in (1, len(cond)):
+            raise ValueError(f"uncond {tuple(u.shape)} does not fit cond {tuple(cond.shape)}")
+        return u.expand_as(cond)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Guided estimate; falls back to one call when there is no condition or scale is 1."""
-        if cond is None or self.scale == 1.0 or not bool(cond.abs().sum() > 0):
+        if cond is None or self.scale == 1.0:
             return self.inner(x, sigma, cond)
-        uncond = torch.zeros_like(cond)
+        if self.uncond is None and not bool(cond.abs().sum() > 0):
+            return self.inner(x, sigma, cond)
+        uncond = self._uncond(cond)
         s = torch.as_tensor(sigma)
         s2 = torch.cat([s.expand(len(x)), s.expand(len(x))]) if s.ndim else s
         d = self.inner(torch.cat([x, x]), s2, torch.cat([cond, uncond]))
@@ -201,6 +219,8 @@ def sample(
     callback: Callback | None = None,
     sigma_min: float = SIGMA_MIN,
     sigma_max: float = SIGMA_MAX,
+    uncond: torch.Tensor | None = None,
+    clamp: bool = True,
 ) -> torch.Tensor:
     """Generate from one noise start per seed with the cutoff applied; returns images in [-1, 1].
 
@@ -208,6 +228,8 @@ def sample(
     ``ambient`` for sigma >= sigma_c, ``baseline`` below; ``Cutoff.ambient_alone()`` (sigma_c = 0) and
     ``Cutoff.baseline_alone()`` are its ends. Truncate: stop at sigma_c and return ``ambient``'s estimate
     D(x, sigma_c), with ``baseline=None``. To sample one model alone, pass it with ``baseline=None``.
+    ``uncond`` is the unconditional input of classifier-free guidance (default: zeros); ``clamp=False``
+    returns the samples unclamped (latents, which are decoded afterwards).
     """
     cutoff = as_cutoff(sigma_c, mode)
     if sampler not in SAMPLERS:
@@ -222,12 +244,12 @@ def sample(
         cond = cond.to(device)
     if cond is not None and len(cond) != len(seeds):
         raise ValueError(f"cond has {len(cond)} rows for {len(seeds)} seeds")
-    d = CFGDenoiser(model, guidance) if guidance != 1.0 else model
+    d = CFGDenoiser(model, guidance, uncond) if guidance != 1.0 else model
     sig = cutoff.schedule(sigmas)
     x = SAMPLERS[sampler](d, x, sig, cond, callback)
     if float(sig[-1]) > 0:  # truncated: the output is the estimate at sigma_c
         x = d(x, sig[-1], cond)
-    return x.clamp(-1, 1)
+    return x.clamp(-1, 1) if clamp else x
 
 
 def as_cutoff(sigma_c: float | Cutoff, mode: str | None = None) -> Cutoff:
