@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 import ambient.latent
@@ -41,93 +40,11 @@ from ambient.latent import (
     read_captioned_folder,
 )
 from ambient.losses import edm_loss, fixed_noise, loss_weight
+from tests.helpers import CAPTIONS, make_tiny_pipeline, write_images
 
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
-CAPTIONS = ["a red cat", "a blue dog", "a red cat", "green tree 1", "", "small house"]  # a repeat and an empty one
-CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
-
-
-def tiny_unet_config() -> dict:
-    return {
-        "sample_size": 8,
-        "in_channels": 4,
-        "out_channels": 4,
-        "block_out_channels": (8, 16),
-        "layers_per_block": 1,
-        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
-        "cross_attention_dim": 16,
-        "attention_head_dim": 2,
-        "norm_num_groups": 4,
-    }
-
-
-def make_tiny_pipeline(folder: Path) -> Path:
-    """A Stable-Diffusion-shaped pipeline of random weights (16 x 16 images, 4 x 8 x 8 latents), saved to folder."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    tok_dir = folder.parent / f"{folder.name}-vocab"
-    tok_dir.mkdir(parents=True, exist_ok=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    vocab.update({c: len(vocab) for c in CHARS})
-    vocab.update({c + "</w>": len(vocab) for c in CHARS})  # no merges: a word is its letters
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=12)
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(vocab),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=12,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            projection_dim=16,
-        )
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 8),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    )
-    scheduler = DDPMScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, steps_offset=1
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=UNet2DConditionModel(**tiny_unet_config()),
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(folder, safe_serialization=True)
-    return folder
-
-
-def write_images(folder: Path, captions: list[str] = CAPTIONS, size: tuple[int, int] = (20, 24)) -> Path:
-    """Random RGB images img_0.png ... with a .txt caption beside each (not square: the crop is exercised)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i, text in enumerate(captions):
-        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"img_{i}.png")
-        (folder / f"img_{i}.txt").write_text(text + "\n")
-    return folder
 
 
 @pytest.fixture(scope="module")
