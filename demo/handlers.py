@@ -426,6 +426,8 @@ class Handlers:
 
         n, steps, cut = req["n"], req["steps"], req["cutoff"]
         seeds = [(req["seed"] + i) % (MAX_SEED + 1) for i in range(n)]
+        if p.latent is not None:
+            return self._run_latent(p, req, seeds, on_step)
         records: dict[str, list[tuple[float, torch.Tensor]]] = {"ambient": [], "baseline": []}
 
         def recorder(side: str, total: int) -> Callable[[dict[str, Any]], None]:
@@ -455,6 +457,22 @@ class Handlers:
             raise InputError(f"Sampling failed: {e}") from e
         return x_a, x_b, records
 
+    @staticmethod
+    def _run_latent(
+        p: ModelPair, req: dict[str, Any], seeds: list[int], on_step: StepCallback | None
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[tuple[float, torch.Tensor]]]]:
+        """A latent pair samples in latent space and decodes (``ambient.latent_pair``); x0_hat at its recorded steps."""
+        try:
+            r = p.latent.side_by_side(seeds, req["prompt"], req["steps"], req["cutoff"], req["guidance"], on_step)
+        except torch.cuda.OutOfMemoryError as e:
+            raise InputError(
+                f"The GPU ran out of memory for {len(seeds)} images a side: ask for fewer images, or try again when "
+                "fewer requests run at once."
+            ) from e
+        except ValueError as e:
+            raise InputError(f"Sampling failed: {e}") from e
+        return r.ambient, r.baseline, r.records
+
     def _assemble(
         self,
         p: ModelPair,
@@ -468,8 +486,8 @@ class Handlers:
         """Verdicts, neighbours and trajectories of both sides, as the result the UI and the API show."""
         n, cut, k = req["n"], req["cutoff"], req["k"]
         seeds = [(req["seed"] + i) % (MAX_SEED + 1) for i in range(n)]
-        v_a = p.index.verdicts(x_a.float().cpu(), k=k)
-        v_b = p.index.verdicts(x_b.float().cpu(), k=k)
+        v_a = p.index.verdicts(p.index_input(x_a.float().cpu()), k=k)
+        v_b = p.index.verdicts(p.index_input(x_b.float().cpu()), k=k)
         traj = {side: self._trajectories(p, records[side], n, cut, side) for side in records}
         u_a, u_b = _u8(x_a), _u8(x_b)
         return GenerateResult(
@@ -580,6 +598,11 @@ class Handlers:
     ) -> SweepView:
         """Recompute the hand-over sweep now with ``ambient.evaluate.sweep_cutoff`` on ``n_seeds`` seeds."""
         p = self.pair(pair)
+        if p.latent is not None:
+            raise InputError(
+                f"The live sweep runs on pixel-space pairs only; {p.spec.label} is a latent pair. Compare cutoffs "
+                "on the Generate tab, from the same seeds."
+            )
         n = check_int(n_seeds, "number of seeds", 1, MAX_SWEEP_SEEDS)
         points = check_int(points, "number of cutoffs", 2, 12)
         steps = check_int(steps, "steps", 1, MAX_STEPS)

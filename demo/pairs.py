@@ -13,7 +13,19 @@ Config format (paths relative to the config file's folder; ``hub:owner/name`` fo
 Optional keys: ``sigma_n`` (else read from the Ambient model's config meta), ``reference_data`` (held-out
 images, .npz, for the live quality score), ``description`` (markdown). ``kind`` is ``edm`` (folders written by
 ``EDMDenoiser.save_pretrained``: ``ambient_config.json`` + ``unet/``, or the older ``config.json`` +
-``model.safetensors``) or ``diffusers`` (DDPM pipeline folders: ``unet/`` + ``scheduler/``).
+``model.safetensors``), ``diffusers`` (DDPM pipeline folders: ``unet/`` + ``scheduler/``) or ``latent`` (two
+text-to-image pipelines fine-tuned by ``python -m ambient finetune``, local folders or ``hub:`` ids; see
+``ambient.latent_pair``)::
+
+    {"name": "sd15-laion10k", "kind": "latent", "ambient": "hub:owner/sd15-ambient",
+     "baseline": "hub:owner/sd15-baseline", "train_data": "laion10k/images", "index": "laion10k/index",
+     "needs_gpu": true, "steps": 12}
+
+For ``latent`` pairs ``train_data`` is the image folder they were fine-tuned on (default: the folder their
+``ambient_latent.json`` names), ``index`` a folder the index is loaded from or, the first time, saved to;
+optional: ``embedder`` (default ``efficientnet-lite0``), ``index_size`` (128), ``trajectory_points`` (8; 3 at
+512 px and above), ``needs_gpu`` (false). Any pair may set ``steps``, the sampler steps the app starts with for it
+(18; 8 for a latent pair of 512 px and above).
 A pair that cannot be loaded raises ``PairError`` saying what is wrong and how to fix it; other pairs are
 unaffected.
 """
@@ -39,9 +51,12 @@ __all__ = ["ModelPair", "OnDevice", "PairError", "PairRegistry", "PairSpec", "lo
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HUB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 HUB_PREFIX = "hub:"
-KINDS = ("edm", "diffusers")
+KINDS = ("edm", "diffusers", "latent")
 PATH_FIELDS = ("ambient", "baseline", "train_data", "index", "sweep", "sweep_plot", "frontier", "reference_data")
-KNOWN_KEYS = {"name", "title", "kind", "text_model", "sigma_n", "description", *PATH_FIELDS}
+LATENT_KEYS = ("embedder", "index_size", "trajectory_points", "needs_gpu")
+KNOWN_KEYS = {"name", "title", "kind", "text_model", "sigma_n", "description", "steps", *LATENT_KEYS, *PATH_FIELDS}
+DEFAULT_STEPS = 18
+MAX_STEPS = 200
 
 
 class ConfigError(Exception):
@@ -84,6 +99,11 @@ class PairSpec:
     sigma_n: float | None = None
     description: str = ""
     config_path: Path | None = None
+    steps: int | None = None
+    embedder: str | None = None
+    index_size: int | None = None
+    trajectory_points: int | None = None
+    needs_gpu: bool = False
 
     @property
     def label(self) -> str:
@@ -103,6 +123,36 @@ class PairsConfig:
 
 def _is_hub(value: str) -> bool:
     return value.startswith(HUB_PREFIX)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_extra_keys(name: str, kind: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """``steps`` (any pair) and the latent pairs' own keys, checked; PairError on a bad value or a latent key
+    given to another kind."""
+    out: dict[str, Any] = {}
+    steps = entry.get("steps")
+    if steps is not None:
+        if not _is_int(steps) or not 1 <= steps <= MAX_STEPS:
+            raise PairError(name, f'"steps" must be a whole number from 1 to {MAX_STEPS}, got {steps!r}.', "Fix it.")
+        out["steps"] = steps
+    given = [k for k in LATENT_KEYS if entry.get(k) is not None]
+    if given and kind != "latent":
+        raise PairError(name, f"{given} apply to latent pairs only.", 'Remove them, or set "kind": "latent".')
+    checks = {
+        "embedder": (lambda v: isinstance(v, str) and bool(v.strip()), "an embedder name"),
+        "index_size": (lambda v: _is_int(v) and 8 <= v <= 1024, "a whole number of pixels from 8 to 1024"),
+        "trajectory_points": (lambda v: _is_int(v) and 0 <= v <= MAX_STEPS, f"a whole number from 0 to {MAX_STEPS}"),
+        "needs_gpu": (lambda v: isinstance(v, bool), "true or false"),
+    }
+    for key in given:
+        ok, what = checks[key]
+        if not ok(entry[key]):
+            raise PairError(name, f'"{key}" must be {what}, got {entry[key]!r}.', "Fix or remove it.")
+        out[key] = entry[key].strip() if key == "embedder" else entry[key]
+    return out
 
 
 def parse_config(data: Any, base_dir: str | Path, path: Path | None = None) -> PairsConfig:
@@ -137,14 +187,16 @@ def parse_config(data: Any, base_dir: str | Path, path: Path | None = None) -> P
             kind = entry.get("kind", "edm")
             if kind not in KINDS:
                 raise PairError(name, f"kind {kind!r} is not supported.", f"Use one of {list(KINDS)}.")
-            for key in ("ambient", "baseline", "train_data"):
+            for key in ("ambient", "baseline") if kind == "latent" else ("ambient", "baseline", "train_data"):
                 if not isinstance(entry.get(key), str) or not entry[key].strip():
                     raise PairError(name, f'"{key}" is missing.', f'Add "{key}": "<path relative to {where}>".')
+            extra = _check_extra_keys(name, kind, entry)
             for key in PATH_FIELDS:
                 if key in entry and entry[key] is not None and not isinstance(entry[key], str):
                     raise PairError(name, f'"{key}" must be a string path.', "Write the path as a JSON string.")
-            if _is_hub(entry["train_data"]):
-                raise PairError(name, '"train_data" must be a local .npz file, not a hub id.', "Point it at a file.")
+            if _is_hub(entry.get("train_data") or ""):
+                what = "an image folder" if kind == "latent" else "a local .npz file"
+                raise PairError(name, f'"train_data" must be {what}, not a hub id.', "Point it at a local path.")
             sigma_n = entry.get("sigma_n")
             if sigma_n is not None and (
                 isinstance(sigma_n, bool)
@@ -162,7 +214,7 @@ def parse_config(data: Any, base_dir: str | Path, path: Path | None = None) -> P
                     kind=kind,
                     ambient=entry["ambient"].strip(),
                     baseline=entry["baseline"].strip(),
-                    train_data=entry["train_data"].strip(),
+                    train_data=(entry.get("train_data") or "").strip(),
                     base_dir=base,
                     title=entry.get("title") or "",
                     index=entry.get("index"),
@@ -174,6 +226,7 @@ def parse_config(data: Any, base_dir: str | Path, path: Path | None = None) -> P
                     sigma_n=None if sigma_n is None else float(sigma_n),
                     description=entry.get("description") or "",
                     config_path=path,
+                    **extra,
                 )
             )
         except PairError as e:
@@ -209,11 +262,21 @@ class ModelPair(Pair):
     sweep_plot: Path | None = None
     frontier: dict[str, Any] | None = None
     frontier_plot: Path | None = None
+    latent: Any = None  # ambient.latent_pair.LatentPair for a latent pair: it samples and decodes
 
     @property
     def name(self) -> str:
         """The pair's config name."""
         return self.spec.name
+
+    @property
+    def default_steps(self) -> int:
+        """The sampler steps the app starts with for this pair (its "steps", else a latent pair's own default)."""
+        return self.spec.steps or (self.latent.default_steps if self.latent is not None else DEFAULT_STEPS)
+
+    def index_input(self, images: Any) -> Any:
+        """Generated images as the neighbour index takes them (a latent pair's are resized to the index's size)."""
+        return images if self.latent is None else self.latent.for_index(images)
 
     def describe(self) -> str:
         """A markdown summary for the status panel."""
@@ -225,6 +288,9 @@ class ModelPair(Pair):
             f"Ambient training cutoff sigma_n = {sn}; sigma from {self.sigma_min:g} to {self.sigma_max:g}; "
             f"running on {self.device.upper()}."
         ]
+        if self.latent is not None:
+            lines[0] = lines[0].replace(f"training images of {c}x{h}x{w}", "training images")
+            lines[0] += " " + self.latent.describe()
         if self.spec.description:
             lines.append(self.spec.description)
         lines += [f"- note: {w_}" for w_ in self.warnings]
@@ -233,6 +299,12 @@ class ModelPair(Pair):
 
 def _fix_for_model(spec: PairSpec, key: str) -> str:
     cfg = spec.config_path or "the config"
+    if spec.kind == "latent":
+        return (
+            f'"{key}" must be a pipeline folder exported by `python -m ambient finetune` (its OUT/model: '
+            "model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/ with safetensors weights, and "
+            f"ambient_latent.json) or hub:owner/name when the machine is online; correct it in {cfg}."
+        )
     if spec.kind == "edm":
         return (
             f"put a model folder written by EDMDenoiser.save_pretrained (ambient_config.json + unet/) at "
@@ -371,6 +443,8 @@ def load_pair(
 ) -> ModelPair:
     """Load and cross-check everything a pair needs; ``PairError`` with a fix when anything is wrong."""
     policy = PathPolicy(allowed_dirs)
+    if spec.kind == "latent":
+        return _load_latent(spec, policy, device)
     warnings: list[str] = []
     ambient = _load_model(spec, "ambient", policy)
     baseline = _load_model(spec, "baseline", policy)
@@ -400,6 +474,73 @@ def load_pair(
         sweep_plot=plot,
         frontier=frontier,
         frontier_plot=frontier_plot,
+    )
+
+
+def _load_latent(spec: PairSpec, policy: PathPolicy, device: str) -> ModelPair:
+    """A latent pair (``ambient.latent_pair``): its pipelines, training image folder and index, as a ModelPair."""
+    from ambient.latent import read_ambient_settings
+    from ambient.latent_pair import DEFAULT_EMBEDDER, DEFAULT_INDEX_SIZE, load_latent_pair, resolve_latent_dir
+
+    dirs = {}
+    for key in ("ambient", "baseline"):
+        where = _model_location(spec, key, policy)
+        try:
+            dirs[key] = resolve_latent_dir(where)
+        except (OSError, ValueError) as e:
+            msg = " ".join(str(e).split())[:500]
+            raise PairError(
+                spec.name, f"the {key} pipeline could not be found: {msg}", _fix_for_model(spec, key)
+            ) from e
+    data = spec.train_data
+    if not data:
+        try:
+            data = read_ambient_settings(dirs["ambient"]).get("data") or ""
+        except (OSError, ValueError) as e:
+            raise PairError(
+                spec.name, f"the ambient pipeline cannot be used: {e}", _fix_for_model(spec, "ambient")
+            ) from e
+        if not data:
+            raise PairError(spec.name, "no training images are named.", 'Add "train_data": "<image folder>".')
+    train = policy.resolve(spec, "train_data", data)
+    index = policy.resolve(spec, "index", spec.index) if spec.index else None
+    try:
+        lp = load_latent_pair(
+            dirs["ambient"],
+            dirs["baseline"],
+            train,
+            index,
+            spec.embedder or DEFAULT_EMBEDDER,
+            spec.index_size or DEFAULT_INDEX_SIZE,
+            device,
+            spec.needs_gpu,
+            spec.trajectory_points,
+        )
+    except PairProblem as e:
+        raise PairError(spec.name, e.problem, e.fix) from e
+    warnings = list(lp.warnings)
+    sweep, plot = _read_sweep(spec, policy, warnings)
+    frontier, frontier_plot = _read_frontier(spec, policy, warnings, len(lp.train))
+    return ModelPair(
+        ambient=lp.ambient,
+        baseline=lp.baseline,
+        train=lp.train,
+        index=lp.index,
+        image_shape=lp.image_shape,
+        cond_dim=lp.cond_dim,
+        sigma_min=lp.sigma_min,
+        sigma_max=lp.sigma_max,
+        sigma_n=spec.sigma_n or lp.sigma_n,
+        regime="all",  # one network split at sigma_n: ambient.latent fine-tunes every noise level
+        text_model="the pipelines' CLIP text encoder",
+        sweep=sweep,
+        device=device,
+        warnings=warnings,
+        spec=spec,
+        sweep_plot=plot,
+        frontier=frontier,
+        frontier_plot=frontier_plot,
+        latent=lp,
     )
 
 

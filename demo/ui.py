@@ -239,7 +239,8 @@ def _generate_tab(first: ModelPair | None) -> _GenerateTab:
                     dice = gr.Button("New seed", scale=1, min_width=60, elem_id="dice")
                 randomize = gr.Checkbox(value=False, label="New random seed on every Generate")
                 n_images = gr.Slider(1, h.MAX_IMAGES, value=4, step=1, label="Images per model", elem_id="n")
-                steps = gr.Slider(1, h.MAX_STEPS, value=18, step=1, label="Sampler steps (Heun)")
+                start_steps = first.default_steps if first else 18
+                steps = gr.Slider(1, h.MAX_STEPS, value=start_steps, step=1, label="Sampler steps (Heun)")
                 guidance = gr.Slider(0, h.MAX_GUIDANCE, value=1.0, step=0.1, label="Guidance scale (1 = off)")
                 cutoff = gr.Slider(
                     lo,
@@ -571,6 +572,7 @@ def _wire_pair_change(
                 None,
                 "",
                 gr.update(value=None, visible=False),
+                gr.skip(),
             )
         a, b = h.slider_range(p)
         start = h.slider_start(p)
@@ -590,6 +592,7 @@ def _wire_pair_change(
             H.training_gallery(pair),
             fr_md,
             gr.update(value=fr_img, visible=fr_img is not None),
+            gr.update(value=p.default_steps),  # the pair's own default (a full-size latent pair: fewer steps)
         )
 
     pair_outputs = [
@@ -604,6 +607,7 @@ def _wire_pair_change(
         check.train_gallery,
         trade.frontier_md,
         trade.frontier_img,
+        gen.steps,
     ]
     top.pair.change(on_pair, top.pair, pair_outputs, api_visibility="private", **heavy)
 

