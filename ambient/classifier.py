@@ -137,7 +137,11 @@ class FashionClassifier(nn.Module):
             raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
         if cfg.get("format") != FORMAT:
             raise ValueError(f"{cfg_path} is not a FashionClassifier config (format {cfg.get('format')!r})")
-        arch = {k: cfg[k] for k in ("channels", "feature_dim", "num_classes", "image_size", "in_channels", "dropout")}
+        keys = ("channels", "feature_dim", "num_classes", "image_size", "in_channels", "dropout")
+        missing_keys = [k for k in keys if k not in cfg]
+        if missing_keys:
+            raise ValueError(f"{cfg_path} lacks {missing_keys}: rewrite it with save_pretrained")
+        arch = {k: cfg[k] for k in keys}
         model = cls(**arch, classes=cfg.get("classes"))
         try:
             state = load_file(str(w_path))

@@ -49,6 +49,12 @@ def test_from_pretrained_errors(tmp_path):
     with pytest.raises(ValueError, match="not a FashionClassifier config"):
         FashionClassifier.from_pretrained(tmp_path / "c")
     FashionClassifier().save_pretrained(tmp_path / "c")
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())
+    del cfg["feature_dim"]
+    (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"lacks \['feature_dim'\]"):
+        FashionClassifier.from_pretrained(tmp_path / "c")
+    FashionClassifier().save_pretrained(tmp_path / "c")
     (tmp_path / "c" / "model.safetensors").write_bytes(b"\x00garbage" * 10)
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         FashionClassifier.from_pretrained(tmp_path / "c")
