@@ -81,7 +81,7 @@ def _point(row: dict[str, Any], label: str, study: str, kind: str) -> dict[str, 
 
 
 def load_points(studies: Iterable[str | Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Frontier points (one per scored snapshot) and failed runs from study JSON files or folders of them."""
+    """Frontier points (one per scored snapshot) and the runs that failed or are unfinished, from study JSON files."""
     files: list[Path] = []
     for s in studies:
         s = Path(s)
@@ -89,7 +89,7 @@ def load_points(studies: Iterable[str | Path]) -> tuple[list[dict[str, Any]], li
     points, failed = [], []
     for f in files:
         data = json.loads(f.read_text())
-        if data.get("status") == "failed":  # a grid run that did not finish: listed, with whatever it scored
+        if data.get("status") in ("failed", "unfinished"):  # a run that did not finish: listed, with what it scored
             failed.append({"study": str(f), "label": describe_config(data["config"], data.get("eval")), **data})
         rows = data.get("rows")
         if not isinstance(rows, list) or not rows or "rate_ratio" not in rows[0] or "run" not in rows[0]:

@@ -100,6 +100,11 @@ def _finished(cfg: TrainConfig) -> bool:
     return bool(found) and json.loads(found[0].read_text()).get("meta", {}).get("steps") == cfg.steps
 
 
+def _checkpoint_step(cfg: TrainConfig) -> int:
+    state = Path(cfg.out) / "checkpoint" / "state.json"
+    return int(json.loads(state.read_text()).get("step", 0)) if state.is_file() else 0
+
+
 def train_all(runs: Sequence[GridRun], jobs: int, threads: int) -> dict[str, str | None]:
     """Train the runs, ``jobs`` processes at once; returns each run's error (None when it finished)."""
     errors: dict[str, str | None] = {}
@@ -180,6 +185,13 @@ def evaluate_run(spec: dict[str, Any], run: GridRun, runs: Sequence[GridRun], er
             done,
         )
         study["rows"] = sorted(rows + new, key=lambda r: -1 if r["step"] is None else r["step"])
+        if not _finished(run.config):  # scored with --no-train before training ended: say how far it got
+            study["status"] = "unfinished"
+            study["trained_to"] = _checkpoint_step(run.config)
+            study["note"] = (
+                f"training stopped at step {study['trained_to']} of {run.config.steps}; the scored snapshots are "
+                f"points like any other; it resumes from {run.config.out}/checkpoint when the grid is run again"
+            )
     except (RuntimeError, FileNotFoundError, ValueError, OSError) as e:
         study["status"] = "failed"
         study["error"] = f"{type(e).__name__}: {e}"

@@ -48,7 +48,21 @@ def main(argv: list[str] | None = None) -> int:
             "ambient_vs_frontier": compared,
             "shipped": marks,
             "bands": bands,
-            "failed_runs": [{"study": f["study"], "label": f["label"], "error": f.get("error")} for f in failed],
+            "failed_runs": [
+                {"study": f["study"], "label": f["label"], "error": f.get("error")}
+                for f in failed
+                if f.get("status") == "failed"
+            ],
+            "unfinished_runs": [
+                {
+                    "study": f["study"],
+                    "label": f["label"],
+                    "trained_to": f.get("trained_to"),
+                    "steps": f["config"]["steps"],
+                }
+                for f in failed
+                if f.get("status") == "unfinished"
+            ],
         },
         out / "frontier.json",
     )

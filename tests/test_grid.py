@@ -85,3 +85,15 @@ def test_an_upsampled_run_is_scored_at_its_data_size(tmp_path):
     assert study["status"] == "ok" and study["config"]["upsample"] == 2
     assert [r["step"] for r in study["rows"]] == [None, 2]
     assert all(r["n_training"] == 20 and r["frechet_distance"] > 0 for r in study["rows"])
+
+
+def test_a_run_scored_before_its_training_ends_is_recorded_as_unfinished(tmp_path):
+    path = _grid(tmp_path, [{"name": "b", "train": {"loss": "baseline"}}], text_model=None, steps=2)
+    run_grid(path, jobs=1, threads=1, evaluate=False)  # trained to 2 steps
+    spec = json.loads(path.read_text())
+    spec["defaults"]["steps"] = 4  # the grid now asks for more than was trained
+    path.write_text(json.dumps(spec))
+    (out,) = run_grid(path, jobs=1, threads=1, train=False)
+    study = json.loads(out.read_text())
+    assert study["status"] == "unfinished" and study["trained_to"] == 2 and "step 2 of 4" in study["note"]
+    assert [r["step"] for r in study["rows"]] == [None, 2]
