@@ -22,11 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from ambient.data import balanced_subset, load_fashion_mnist, training_set_of  # noqa: E402
 from ambient.denoiser import load_denoiser  # noqa: E402
-from ambient.evaluate import encode_prompts, generate, prompt_plan, score_samples, write_json  # noqa: E402
-from ambient.neighbours import TrainingSetIndex  # noqa: E402
-from ambient.studies import snapshots  # noqa: E402
+from ambient.evaluate import write_json  # noqa: E402
+from ambient.studies import score_run  # noqa: E402
 
 SAME = ("n", "steps", "seed", "baseline", "sigma_c", "mode")  # settings that rows of one file must share
 
@@ -71,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--n must be at least 2")
 
     baseline = load_denoiser(a.baseline) if a.baseline else None
-    test = load_fashion_mnist("test")
     rows: list[dict] = []
     commands: list[str] = []
     if a.append and a.out.is_file():
@@ -80,39 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         mismatched = [k for k in SAME if old["settings"].get(k) != _setting(a, k)]
         if mismatched:
             p.error(f"{a.out} was made with other {', '.join(mismatched)}; write a new file instead of --append")
-    done = {(Path(r["run"]).resolve(), r["step"]) for r in rows}
     t0 = time.perf_counter()
     for run in a.runs:
-        train = None
+        done = [r["step"] for r in rows if Path(r["run"]).resolve() == run.resolve()]
         try:
-            snaps = snapshots(run)
+            rows += score_run(run, baseline, a.sigma_c, a.mode, a.n, a.steps, a.seed, a.every, a.min_step, done)
         except FileNotFoundError as e:
             raise SystemExit(str(e)) from e
-        for snap in snaps:
-            model = load_denoiser(snap)
-            step = int(model.meta.get("steps", 0))
-            if step < a.min_step or (a.every and step % a.every) or (run.resolve(), step) in done:
-                continue
-            if train is None:  # one training set and one held-out reference per run
-                train = training_set_of(snap)
-                index = TrainingSetIndex(train.images, train.ids)
-                ref = balanced_subset(test, 2 * a.n, seed=1)  # as evaluate_pair: first half reference, second held out
-                reference, held_out = ref.images[: a.n], ref.images[a.n :]
-                r = score_samples(held_out, index, ref.labels[a.n :].tolist(), reference)
-                if (run.resolve(), None) not in done:
-                    rows.append({"run": str(run), "n_train": len(train), "step": None, "samples": "held-out", **r})
-                prompts, ids = prompt_plan(a.n, model.meta.get("class_names"))
-                cond = encode_prompts(prompts, model.meta.get("text_model"), model.cond_dim)
-            x = generate(
-                model, baseline, list(range(a.seed, a.seed + a.n)), cond, a.steps, a.sigma_c, a.mode, bf16=True
-            )
-            r = score_samples(x, index, ids, reference)
-            rows.append({"run": str(run), "n_train": len(train), "step": step, "samples": snap.name, **r})
-            print(
-                f"{run} step {step}: ratio {r['rate_ratio']:.3f} cos>0.95 {r['rate_similarity']['0.95']:.3f} "
-                f"FD {r['frechet_distance']:.2f} fidelity {r.get('prompt_fidelity', float('nan')):.3f}",
-                flush=True,
-            )
     settings = {k: _setting(a, k) for k in SAME} | {"seconds": round(time.perf_counter() - t0, 1)}
     order = {run: k for k, run in enumerate(dict.fromkeys(r["run"] for r in rows))}
     rows.sort(key=lambda r: (order[r["run"]], r["step"] or 0))  # each run's held-out row first, then by step
