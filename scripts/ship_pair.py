@@ -3,6 +3,12 @@
 Usage (the command behind the shipped pair):
     python scripts/ship_pair.py --baseline runs/baseline/model --ambient runs/ambient/model \
         --extra-ambient runs/ambient_high/model --out assets/fmnist-100 --n 1000 --sweep-n 256
+
+Another Ambient model beside the same shipped baseline (into OUT/ambient_x, evaluated into OUT/eval_x; the
+baseline, its card and the other models stay as shipped):
+    python scripts/ship_pair.py --baseline runs/baseline/model --ambient runs/x/model --as ambient_x \
+        --out assets/fmnist-100 --n 1000 --sweep-n 256
+(add --baseline-as baseline_y to ship a new baseline beside it as its partner).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ def model_card(name: str, model: EDMDenoiser, report: dict, command: str) -> str
     """A README for one shipped model folder, with its measured numbers."""
     meta = model.meta
     tc = meta.get("train_config", {})
-    row = report["ambient" if name != "baseline" else "baseline"]
+    row = report["baseline" if model.meta.get("loss") == "baseline" else "ambient"]
     ref = report.get("reference", {})
     s = report["settings"]
     loss = meta.get("loss")
@@ -68,7 +74,8 @@ def model_card(name: str, model: EDMDenoiser, report: dict, command: str) -> str
 - Network: diffusers UNet2DModel, block_out_channels {tc.get("block_out_channels")}, no attention, EDM
   preconditioning (sigma_data 0.5).
 - Training: {meta.get("steps")} steps, batch {tc.get("batch")}, Adam lr {tc.get("lr")} (warm-up {tc.get("warmup")}),
-  EMA {tc.get("ema")}, bf16 autocast, seed {meta.get("seed")}.
+  EMA {tc.get("ema")}, bf16 autocast, seed {meta.get("seed")}; training noise levels ln sigma ~ N({tc.get("p_mean", -1.2)},
+  {tc.get("p_std", 1.2)}), loss weight above sigma_n: {tc.get("high_weight", "edm")}.
 
 ## Measured ({s["n"]} samples, EDM Heun {s["steps"]} steps, guidance {s["guidance"]})
 
@@ -102,23 +109,46 @@ def main() -> int:
         choices=["ambient", "ambient_high"],
         help="re-evaluate only this variant (the other's shipped evaluation and model cards are kept)",
     )
+    ap.add_argument(
+        "--as",
+        dest="variant",
+        help="ship --ambient as another variant under this folder name, beside the shipped baseline",
+    )
+    ap.add_argument(
+        "--baseline-as",
+        help="with --as: ship --baseline too, as a new baseline under this folder name (the pair's partner)",
+    )
     args = ap.parse_args()
     if args.only == "ambient_high" and not args.extra_ambient:
         ap.error("--only ambient_high needs --extra-ambient")
+    if args.baseline_as and (not args.variant or not args.baseline_as.startswith("baseline_")):
+        ap.error("--baseline-as goes with --as and names a new folder baseline_<something>")
+    if args.variant and (args.only or args.extra_ambient):
+        ap.error("--as ships one Ambient variant: it takes neither --only nor --extra-ambient")
+    if args.variant and (
+        not args.variant.replace("_", "").replace("-", "").replace(".", "").isalnum()
+        or args.variant in ("baseline", "ambient", "ambient_high", "index")
+    ):
+        ap.error(f"--as {args.variant!r}: use a new folder name of letters, digits, '_', '-' and '.'")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    models = {"baseline": args.baseline, "ambient": args.ambient}
+    main_name = args.variant or "ambient"
+    base_name = args.baseline_as or "baseline"
+    models = {base_name: args.baseline, main_name: args.ambient}
     if args.extra_ambient:
         models["ambient_high"] = args.extra_ambient
+    new = {args.only or args.variant, args.baseline_as} - {None}  # shipped anew; the others must be as shipped
+    if args.variant and not args.baseline_as and not is_model_dir(out / "baseline"):
+        raise SystemExit(f"--as needs a shipped baseline in {out / 'baseline'}")
     loaded = {}
     for name, src in models.items():
         m = EDMDenoiser.from_pretrained(src)
-        if args.only and name != args.only and is_model_dir(out / name):
+        if new and name not in new and is_model_dir(out / name):
             # --only keeps the other models' folders and cards as shipped: they must be the same weights
             shipped = EDMDenoiser.from_pretrained(out / name).state_dict()
             if any(not torch.equal(v, shipped[k]) for k, v in m.state_dict().items()):
-                raise SystemExit(f"--only {args.only}: {src} differs from the shipped {out / name}; ship all")
+                raise SystemExit(f"{src} differs from the shipped {out / name}: ship the pair anew")
         else:
             m.save_pretrained(out / name)
         loaded[name] = m
@@ -126,7 +156,7 @@ def main() -> int:
     if any(i != ids[0] for i in ids):
         raise SystemExit("the models were not trained on the same images")
 
-    ds = training_set_of(out / "baseline")
+    ds = training_set_of(out / base_name)
     ds.save_npz(out / "train.npz")
     TrainingSetIndex(ds.images, ds.ids, "pixels").save(out / "index")
     licence = Path("/usr/share/doc/dataset-fashion-mnist/copyright")
@@ -135,6 +165,12 @@ def main() -> int:
 
     cmd = " ".join(["python", *sys.argv])
     evals = {"ambient": "eval"}
+    if args.variant:  # ambient_x is evaluated into eval_x, as ambient_high into eval_high
+        evals = {
+            args.variant: "eval" + args.variant.removeprefix("ambient")
+            if args.variant.startswith("ambient_")
+            else f"eval_{args.variant}"
+        }
     if args.extra_ambient:
         evals["ambient_high"] = "eval_high"
     for name, folder in evals.items():
@@ -142,7 +178,7 @@ def main() -> int:
             continue
         report = evaluate_pair(
             out / name,
-            out / "baseline",
+            out / base_name,
             out,
             out / folder,
             n=args.n,
@@ -153,9 +189,9 @@ def main() -> int:
         )
         card = loaded[name].model_card(model_card(name, loaded[name], report, cmd))  # with Hub metadata
         (out / name / CARD_NAME).write_text(card)
-        if name == "ambient":
-            base = loaded["baseline"]
-            (out / "baseline" / CARD_NAME).write_text(base.model_card(model_card("baseline", base, report, cmd)))
+        if (name == "ambient" and not args.variant) or args.baseline_as:
+            base = loaded[base_name]
+            (out / base_name / CARD_NAME).write_text(base.model_card(model_card(base_name, base, report, cmd)))
         print(json.dumps({k: report[k] for k in ("reference", "baseline", "ambient")}, indent=1)[:3000], flush=True)
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     shipped = out / "SHIPPED.json"
