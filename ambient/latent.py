@@ -247,21 +247,26 @@ class LatentDenoiser(DDPMAdapter):
 # ---------------------------------------------------------------- the pipeline folder
 
 
-def resolve_pipeline_dir(path_or_id: str | os.PathLike) -> Path:
-    """A local pipeline folder as is; a hub id from the local cache, or downloaded when HF_HUB_OFFLINE is not 1."""
+def resolve_pipeline_dir(
+    path_or_id: str | os.PathLike, extra_patterns: tuple[str, ...] = (), what: str = "a diffusers pipeline folder"
+) -> Path:
+    """A local pipeline folder as is; a hub id from the local cache, or downloaded when HF_HUB_OFFLINE is not set.
+
+    ``extra_patterns`` are files fetched beside ``HUB_PATTERNS`` (a fine-tuned pair's ``ambient_latent.json``).
+    """
     p = Path(path_or_id)
     if p.exists():
         if not p.is_dir():
-            raise ValueError(f"{p} is a file; expected a diffusers pipeline folder with model_index.json")
+            raise ValueError(f"{p} is a file; expected {what} with model_index.json")
         return p
     s = str(path_or_id)
     if s.count("/") != 1 or s.startswith((".", "/")):
         raise FileNotFoundError(f"pipeline folder {s!r} does not exist")
     from huggingface_hub import snapshot_download
 
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     try:
-        return Path(snapshot_download(s, allow_patterns=HUB_PATTERNS, local_files_only=offline))
+        return Path(snapshot_download(s, allow_patterns=[*HUB_PATTERNS, *extra_patterns], local_files_only=offline))
     except (OSError, ValueError) as e:  # not cached while offline, network errors, unknown repos, bad ids
         why = "it is not in the local hub cache and HF_HUB_OFFLINE=1 forbids a download" if offline else str(e)
         raise FileNotFoundError(f"{s!r} is not a local folder and could not be fetched from the hub: {why}") from e

@@ -58,12 +58,12 @@ import torch.nn.functional as F
 from ambient.cutoff import Cutoff
 from ambient.latent import (
     AMBIENT_JSON,
-    HUB_PATTERNS,
     IMAGE_SUFFIXES,
     LatentDenoiser,
     check_pipeline_dir,
     load_image,
     read_ambient_settings,
+    resolve_pipeline_dir,
     vae_factor,
 )
 from ambient.pair import PairProblem
@@ -101,23 +101,8 @@ FINETUNE_FIX = (
 
 
 def resolve_latent_dir(path_or_id: str | os.PathLike) -> Path:
-    """A local pipeline folder as is; a hub id from the local cache, or downloaded when HF_HUB_OFFLINE is not 1."""
-    p = Path(path_or_id)
-    if p.exists():
-        if not p.is_dir():
-            raise ValueError(f"{p} is a file; expected a fine-tuned pipeline folder with model_index.json")
-        return p
-    s = str(path_or_id)
-    if s.count("/") != 1 or s.startswith((".", "/")):
-        raise FileNotFoundError(f"pipeline folder {s!r} does not exist")
-    from huggingface_hub import snapshot_download
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    try:
-        return Path(snapshot_download(s, allow_patterns=[*HUB_PATTERNS, AMBIENT_JSON], local_files_only=offline))
-    except (OSError, ValueError) as e:  # not cached while offline, network errors, unknown repos, bad ids
-        why = "it is not in the local hub cache and HF_HUB_OFFLINE=1 forbids a download" if offline else str(e)
-        raise FileNotFoundError(f"{s!r} is not a local folder and could not be fetched from the hub: {why}") from e
+    """A fine-tuned pipeline folder, local or a hub id (``ambient.latent.resolve_pipeline_dir``, with its JSON)."""
+    return resolve_pipeline_dir(path_or_id, (AMBIENT_JSON,), "a fine-tuned pipeline folder")
 
 
 def weight_files(folder: str | os.PathLike, component: str) -> list[Path]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -126,7 +127,7 @@ def main() -> int:
     if args.variant and (args.only or args.extra_ambient):
         ap.error("--as ships one Ambient variant: it takes neither --only nor --extra-ambient")
     if args.variant and (
-        not args.variant.replace("_", "").replace("-", "").replace(".", "").isalnum()
+        not re.fullmatch(r"[A-Za-z0-9_.-]+", args.variant)
         or args.variant in ("baseline", "ambient", "ambient_high", "index")
     ):
         ap.error(f"--as {args.variant!r}: use a new folder name of letters, digits, '_', '-' and '.'")

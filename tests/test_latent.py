@@ -40,7 +40,7 @@ from ambient.latent import (
     read_captioned_folder,
 )
 from ambient.losses import edm_loss, fixed_noise, loss_weight
-from tests.helpers import CAPTIONS, make_tiny_pipeline, write_images
+from tests.helpers import CAPTIONS, make_tiny_pipeline, write_images, write_sd15_configs
 
 torch.set_num_threads(1)
 
@@ -368,35 +368,7 @@ def test_full_size_stable_diffusion_structure_is_accepted(tmp_path):
     device maps to the scheduler's sigma range [0.0292, 14.6]."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    d = tmp_path / "sd15"
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "feature_extractor": ["transformers", "CLIPImageProcessor"],
-        "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
-        "scheduler": ["diffusers", "PNDMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    unet = {"_class_name": "UNet2DConditionModel", "sample_size": 64, "cross_attention_dim": 768, "in_channels": 4}
-    unet.update({"out_channels": 4, "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280]})
-    vae = {"_class_name": "AutoencoderKL", "latent_channels": 4, "block_out_channels": [128, 256, 512, 512]}
-    vae.update({"sample_size": 512, "scaling_factor": 0.18215})
-    text = {"architectures": ["CLIPTextModel"], "hidden_size": 768, "num_hidden_layers": 12}
-    sched = {"_class_name": "PNDMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085}
-    sched.update({"beta_end": 0.012, "num_train_timesteps": 1000, "skip_prk_steps": True, "steps_offset": 1})
-    files = {
-        "model_index.json": index,
-        "unet/config.json": unet,
-        "vae/config.json": vae,
-        "text_encoder/config.json": text,
-        "scheduler/scheduler_config.json": sched,
-        "tokenizer/tokenizer_config.json": {"model_max_length": 77},
-    }
-    for name, content in files.items():
-        (d / name).parent.mkdir(parents=True, exist_ok=True)
-        (d / name).write_text(json.dumps(content))
+    d = write_sd15_configs(tmp_path / "sd15")
     cfg = check_pipeline_dir(d)
     assert ambient.latent.vae_factor(cfg["vae"]) == 8 and cfg["unet"]["sample_size"] * 8 == 512
     with torch.device("meta"):
@@ -405,6 +377,7 @@ def test_full_size_stable_diffusion_structure_is_accepted(tmp_path):
     assert den.sigma_min == pytest.approx(0.0292, abs=1e-3) and den.sigma_max == pytest.approx(14.61, abs=0.01)
     assert sum(p.numel() for p in net.parameters()) > 800_000_000
 
+    unet = json.loads((d / "unet/config.json").read_text())
     unet["addition_embed_type"] = "text_time"  # an SDXL-class UNet: refused
     (d / "unet/config.json").write_text(json.dumps(unet))
     with pytest.raises(ValueError, match="SDXL-class"):
