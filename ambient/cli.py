@@ -17,6 +17,8 @@ TRAIN_HELP: dict[str, str] = {
     "image_size": "image side in pixels (Fashion-MNIST's 28 are padded to it)",
     "upsample": "train at image_size times this, each pixel repeated (a finer noise grid, the same content); "
     "samples are averaged back to image_size for scoring",
+    "patch": "side of the network's space-to-depth stem: each patch x patch block of pixels is one input position, so "
+    "a step at 64 x 64 with patch 2 costs about what one at 32 x 32 costs",
     "loss": "'baseline' (EDM) or 'ambient' (above sigma_n only fixed noisy copies of the data are seen)",
     "sigma_n": "noise level of the fixed noisy copies; the ambient loss needs it > 0",
     "regime": "'all' (one network for every sigma) or 'high' (only sigma >= sigma_n: a high-noise-only Ambient network)",

@@ -6,7 +6,7 @@ interface, so any pair of models can go through the same samplers.
 
 An EDM model folder (``save_pretrained``) is one that diffusers can read::
 
-    ambient_config.json              type "edm", sigma_data, time_scale, cond_dim, text_proj dims, meta
+    ambient_config.json              type "edm", sigma_data, time_scale, cond_dim, text_proj dims, meta (patch)
     unet/config.json                 diffusers' own UNet2DModel config (every constructor argument)
     unet/diffusion_pytorch_model.safetensors
     text_proj.safetensors            the prompt-embedding projection (weight, bias); only when cond_dim > 0
@@ -37,7 +37,9 @@ from torch import nn
 
 SIGMA_MIN = 0.002
 SIGMA_MAX = 80.0
-FORMAT_VERSION = 2  # of ambient_config.json; the older layout (config.json + model.safetensors) is version 1
+FORMAT_VERSION = 3  # of ambient_config.json; the older layout (config.json + model.safetensors) is version 1
+# version 3 adds "patch" (a space-to-depth stem); a folder with patch 1 is still written as version 2, which older code
+# reads correctly, while one with patch > 1 is version 3, which older code refuses instead of misreading
 CONFIG_NAME = "ambient_config.json"  # EDM and Ambient settings and the training meta
 UNET_FOLDER = "unet"
 UNET_CONFIG_NAME = f"{UNET_FOLDER}/config.json"  # diffusers' UNet2DModel config
@@ -101,13 +103,20 @@ class CondUNet(nn.Module):
     network knows nothing of sigma beyond the scalar ``c_noise`` it is given.
     """
 
-    def __init__(self, unet_config: dict[str, Any], cond_dim: int = 0, time_scale: float = 250.0):
+    def __init__(self, unet_config: dict[str, Any], cond_dim: int = 0, time_scale: float = 250.0, patch: int = 1):
         super().__init__()
         from diffusers import UNet2DModel
 
+        if not isinstance(patch, int) or isinstance(patch, bool) or patch < 1:
+            raise ValueError(f"patch must be a whole number >= 1, not {patch!r}")
+        if unet_config.get("in_channels", 1) % (patch * patch) or unet_config.get("out_channels", 1) % (patch * patch):
+            raise ValueError(f"a {patch} x {patch} patch stem needs UNet channels divisible by {patch * patch}")
         self.unet_config = dict(unet_config)
         self.cond_dim = int(cond_dim)
         self.time_scale = float(time_scale)
+        # patch > 1: each patch x patch block of pixels is one input position with patch^2 channels (space-to-depth),
+        # so the UNet runs at the image side / patch and a step costs about what it costs at that side
+        self.patch = patch
         extra = {"class_embed_type": "identity"} if self.cond_dim else {}
         self.unet = UNet2DModel(**self.unet_config, **extra)
         if self.cond_dim:
@@ -116,7 +125,7 @@ class CondUNet(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """JSON-serialisable constructor arguments."""
-        return {"unet": self.unet_config, "cond_dim": self.cond_dim, "time_scale": self.time_scale}
+        return {"unet": self.unet_config, "cond_dim": self.cond_dim, "time_scale": self.time_scale, "patch": self.patch}
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Apply the UNet to the already scaled input ``x`` at noise embedding ``c_noise``."""
@@ -125,7 +134,10 @@ class CondUNet(nn.Module):
             if cond is None:
                 cond = x.new_zeros(x.shape[0], self.cond_dim)
             labels = self.cond_proj(cond.to(x.dtype))
-        return self.unet(x, c_noise * self.time_scale, class_labels=labels).sample
+        if self.patch > 1:
+            x = nn.functional.pixel_unshuffle(x, self.patch)
+        out = self.unet(x, c_noise * self.time_scale, class_labels=labels).sample
+        return nn.functional.pixel_shuffle(out, self.patch) if self.patch > 1 else out
 
 
 def _as_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -271,10 +283,10 @@ class EDMDenoiser(nn.Module):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the images this model makes."""
-        cfg = self.net.unet_config
+        cfg, p = self.net.unet_config, self.net.patch
         size = cfg["sample_size"]
         h, w = (size, size) if isinstance(size, int) else (size[0], size[1])
-        return (cfg["in_channels"], h, w)
+        return (cfg["in_channels"] // (p * p), h * p, w * p)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Denoised estimate x0_hat of x at noise level sigma."""
@@ -296,15 +308,18 @@ class EDMDenoiser(nn.Module):
         proj = None
         if self.cond_dim:
             proj = {"in_features": self.net.cond_proj.in_features, "out_features": self.net.cond_proj.out_features}
-        return {
+        cfg = {
             "type": "edm",
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if self.net.patch > 1 else 2,
             "sigma_data": self.sigma_data,
             "time_scale": self.net.time_scale,
             "cond_dim": self.cond_dim,
             "text_proj": proj,
             "meta": self.meta,
         }
+        if self.net.patch > 1:
+            cfg["patch"] = self.net.patch
+        return cfg
 
     def model_card(self, body: str | None = None, title: str = "model") -> str:
         """README.md text: Hub metadata front matter over ``body`` (its own front matter merged), or a generated card."""
@@ -394,7 +409,9 @@ timestep {self.net.time_scale:g} * log(sigma) / 4, and returns F with D = c_skip
         if cfg.get("type", "edm") != "edm":
             raise ValueError(f"config type {cfg.get('type')!r} is not an EDM denoiser")
         net_cfg = cfg["network"]
-        net = CondUNet(net_cfg["unet"], net_cfg.get("cond_dim", 0), net_cfg.get("time_scale", 250.0))
+        net = CondUNet(
+            net_cfg["unet"], net_cfg.get("cond_dim", 0), net_cfg.get("time_scale", 250.0), net_cfg.get("patch", 1)
+        )
         return cls(net, cfg.get("sigma_data", 0.5), cfg.get("meta"))
 
     @classmethod
@@ -433,8 +450,8 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], w_path: Path,
         raise ValueError(f"{w_path} does not match {cfg_path}: {' '.join(msg[:3])[:400]}") from e
 
 
-def _edm_settings(cfg: Any, cfg_path: Path) -> tuple[float, int, float, dict[str, Any]]:
-    """sigma_data, cond_dim, time_scale and meta from ``ambient_config.json``, checked."""
+def _edm_settings(cfg: Any, cfg_path: Path) -> tuple[float, int, float, dict[str, Any], int]:
+    """sigma_data, cond_dim, time_scale, meta and patch from ``ambient_config.json``, checked."""
     if not isinstance(cfg, dict) or "type" not in cfg:
         raise ValueError(f"{cfg_path} is not a valid model config: expected a JSON object with a type")
     if cfg["type"] != "edm":
@@ -453,7 +470,10 @@ def _edm_settings(cfg: Any, cfg_path: Path) -> tuple[float, int, float, dict[str
     meta = cfg.get("meta") or {}
     if not isinstance(meta, dict):
         raise ValueError(f"{cfg_path}: meta must be a JSON object")
-    return sigma_data, cond_dim, time_scale, meta
+    patch = cfg.get("patch", 1)
+    if not isinstance(patch, int) or isinstance(patch, bool) or patch < 1:
+        raise ValueError(f"{cfg_path}: patch must be a whole number >= 1, not {patch!r}")
+    return sigma_data, cond_dim, time_scale, meta, patch
 
 
 def _unet_args(raw: Any, cond_dim: int, path: Path) -> dict[str, Any]:
@@ -492,14 +512,14 @@ def _load_folder(cls: type[EDMDenoiser], d: Path) -> EDMDenoiser:
                 f"{d} has no {p.relative_to(d)}; a model folder needs {CONFIG_NAME}, {UNET_CONFIG_NAME} and {WEIGHTS_NAME}"
             )
     cfg = _read_json(cfg_path)
-    sigma_data, cond_dim, time_scale, meta = _edm_settings(cfg, cfg_path)
+    sigma_data, cond_dim, time_scale, meta, patch = _edm_settings(cfg, cfg_path)
     if cond_dim and not p_path.is_file():
         raise FileNotFoundError(f"{d} has no {TEXT_PROJ_NAME}; {cfg_path.name} says cond_dim = {cond_dim}")
     if not cond_dim and p_path.exists():
         raise ValueError(f"{d} has a {TEXT_PROJ_NAME}, but {cfg_path.name} says cond_dim = 0")
     args = _unet_args(_read_json(unet_cfg_path), cond_dim, unet_cfg_path)
     try:
-        net = CondUNet(args, cond_dim, time_scale)
+        net = CondUNet(args, cond_dim, time_scale, patch)
     except (TypeError, ValueError, KeyError, IndexError) as e:
         raise ValueError(f"{unet_cfg_path} is not a valid UNet2DModel config: {e!r}") from e
     if cond_dim:
@@ -539,10 +559,15 @@ def build_unet(
     meta: dict[str, Any] | None = None,
     time_scale_shift: str = "default",
     dropout: float = 0.0,
+    patch: int = 1,
 ) -> EDMDenoiser:
-    """A fresh EDM denoiser around the project's small UNet."""
-    cfg = default_unet_config(sample_size, channels, block_out_channels, layers_per_block, time_scale_shift, dropout)
-    return EDMDenoiser(CondUNet(cfg, cond_dim), 0.5, meta)
+    """A fresh EDM denoiser around the project's small UNet (``patch`` > 1: a space-to-depth stem of that side)."""
+    if sample_size % patch:
+        raise ValueError(f"the image side {sample_size} is not a multiple of the patch side {patch}")
+    cfg = default_unet_config(
+        sample_size // patch, channels * patch * patch, block_out_channels, layers_per_block, time_scale_shift, dropout
+    )
+    return EDMDenoiser(CondUNet(cfg, cond_dim, patch=patch), 0.5, meta)
 
 
 class DDPMAdapter(nn.Module):

@@ -13,7 +13,8 @@ and the others go on. The file::
               {"name": "high", "train": {"loss": "ambient", "sigma_n": 0.5, "regime": "high"},
                "eval": {"baseline": "baseline", "sigma_c": 0.5}}]}
 
-``eval.baseline`` names another run of the grid (its exported model) or a model folder.
+``eval.baseline`` names another run of the grid (its exported model) or a model folder. ``eval.every`` and
+``eval.min_step`` limit the scored snapshots to multiples of ``every`` from ``min_step`` on.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 
 from ambient.training import TrainConfig
 
-EVAL_KEYS = {"n", "steps", "seed", "baseline", "sigma_c", "mode", "every"}
+EVAL_KEYS = {"n", "steps", "seed", "baseline", "sigma_c", "mode", "every", "min_step"}
 
 
 @dataclasses.dataclass
@@ -181,7 +182,7 @@ def evaluate_run(spec: dict[str, Any], run: GridRun, runs: Sequence[GridRun], er
             ev["steps"],
             ev["seed"],
             ev["every"],
-            0,
+            ev.get("min_step", 0),  # not a default in ev: studies scored before it existed keep their settings
             done,
         )
         study["rows"] = sorted(rows + new, key=lambda r: -1 if r["step"] is None else r["step"])

@@ -37,6 +37,7 @@ class TrainConfig:
     subset_seed: int = 0
     image_size: int = 32
     upsample: int = 1  # train at image_size * upsample, each pixel repeated (scored back at image_size)
+    patch: int = 1  # the network's space-to-depth stem: patch x patch pixels are one input position
     loss: str = "baseline"  # baseline | ambient
     sigma_n: float = 0.0
     regime: str = "all"  # all | high (only sigma >= sigma_n: a high-noise-only Ambient network)
@@ -81,6 +82,11 @@ class TrainConfig:
             raise ValueError(f"high_weight must be 'edm' or 'ambient4', not {self.high_weight!r}")
         if not isinstance(self.upsample, int) or self.upsample < 1:
             raise ValueError(f"upsample must be a positive integer, not {self.upsample!r}")
+        if not isinstance(self.patch, int) or self.patch < 1 or (self.image_size * self.upsample) % self.patch:
+            raise ValueError(
+                f"patch must be a positive integer that divides the trained side {self.image_size * self.upsample}, "
+                f"not {self.patch!r}"
+            )
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
         if self.weight_decay < 0 or self.p_std <= 0:
@@ -200,6 +206,7 @@ class Trainer:
             meta,
             config.time_scale_shift,
             config.dropout,
+            config.patch,
         ).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         if config.weight_decay:
@@ -232,7 +239,7 @@ class Trainer:
         state = json.loads((ck / "state.json").read_text())
         saved = state["config"]
         keys = ("loss", "sigma_n", "regime", "n", "subset_seed", "seed", "batch", "block_out_channels")
-        later = ("time_scale_shift", "dropout", "weight_decay", "p_mean", "p_std", "high_weight", "upsample")
+        later = ("time_scale_shift", "dropout", "weight_decay", "p_mean", "p_std", "high_weight", "upsample", "patch")
         defaults = TrainConfig()
         for k in (*keys, "layers_per_block", "text_model", "data", "image_size", *later):
             # settings added after a checkpoint was written default to what that checkpoint used

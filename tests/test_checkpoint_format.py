@@ -124,6 +124,26 @@ def test_round_trip_gives_identical_outputs_and_diffusers_reads_the_unet(tmp_pat
         assert (tmp_path / "m" / name).read_bytes() == (tmp_path / "again" / name).read_bytes() or name == CARD_NAME
 
 
+def test_a_patch_stem_round_trips_and_older_readers_are_told_it_is_newer(tmp_path):
+    torch.manual_seed(0)
+    m = build_unet(6, 16, 1, (8, 16), meta=dict(META), patch=2).eval()
+    assert m.image_shape == (1, 16, 16) and m.net.unet_config["sample_size"] == 8
+    m.save_pretrained(tmp_path / "m")
+    amb = read_model_config(tmp_path / "m")
+    assert amb["patch"] == 2 and amb["format_version"] == 3  # a reader of version 2 refuses it instead of misreading
+    back = EDMDenoiser.from_pretrained(tmp_path / "m")
+    assert back.image_shape == (1, 16, 16) and torch.equal(outputs(m), outputs(back))
+    # the UNet inside sees 2 x 2 blocks as four channels: diffusers loads it as an 8 x 8, four-channel UNet
+    unet = UNet2DModel.from_pretrained(tmp_path / "m", subfolder="unet").eval()
+    assert unet.config.in_channels == 4 and unet.config.sample_size == 8
+    # a folder without a stem is written as before: version 2, no patch key
+    tiny(0).save_pretrained(tmp_path / "plain")
+    plain = read_model_config(tmp_path / "plain")
+    assert plain["format_version"] == 2 and "patch" not in plain
+    with pytest.raises(ValueError, match="not a multiple of the patch side"):
+        build_unet(0, 15, 1, (8, 16), patch=2)
+
+
 @pytest.mark.parametrize("folder", SHIPPED, ids=lambda p: str(p.relative_to(ASSETS)))
 def test_every_shipped_model_loads_with_diffusers_and_gives_our_outputs(folder):
     ours = EDMDenoiser.from_pretrained(folder)
@@ -268,6 +288,10 @@ def _break(folder: Path, how: str) -> None:
         save_file({"weight": torch.zeros(32, 5), "bias": torch.zeros(32)}, str(folder / TEXT_PROJ_NAME))
     elif how == "newer-format":
         edit(CONFIG_NAME, lambda c: c.update(format_version=99))
+    elif how == "bad-patch":
+        edit(CONFIG_NAME, lambda c: c.update(patch=0))
+    elif how == "patch-misfits-unet":
+        edit(CONFIG_NAME, lambda c: c.update(patch=2))  # a one-channel UNet cannot take 2 x 2 blocks
 
 
 @pytest.mark.parametrize(
@@ -291,6 +315,8 @@ def _break(folder: Path, how: str) -> None:
         ("text-proj-dims", ValueError, "text_proj .* does not fit"),
         ("wrong-text-proj-shape", ValueError, "text_proj.safetensors does not match"),
         ("newer-format", ValueError, "format_version 99"),
+        ("bad-patch", ValueError, "patch must be a whole number >= 1, not 0"),
+        ("patch-misfits-unet", ValueError, "a 2 x 2 patch stem needs UNet channels divisible by 4"),
     ],
 )
 def test_bad_folders_raise_clear_errors(tmp_path, how, error, match):

@@ -96,6 +96,20 @@ def test_describe_config_names_what_differs():
     assert frontier.describe_config({"loss": "baseline"}) == "baseline"
     up = frontier.describe_config({"loss": "baseline", "upsample": 2, "image_size": 32})
     assert up == "baseline, trained at 2x the pixels per side (scored at 32)"
+    stem = frontier.describe_config({"loss": "baseline", "upsample": 2, "patch": 2, "image_size": 32})
+    assert stem == up + ", 2x2 patch stem"
+
+
+def test_the_summary_names_the_best_quality_snapshot_below_the_frontier():
+    base = [
+        _pt("baseline", "baseline", s, r, fd, run="b") for s, r, fd in [(2, 0.0, 20.0), (4, 0.4, 6.0), (6, 0.8, 4.0)]
+    ]
+    rough = _pt("amb", "ambient", 2, 0.0, 7.0, run="a")  # the largest gap, at a quality no one would ship
+    good = _pt("amb", "ambient", 6, 0.5, 5.0, run="a")
+    data = {"points": [*base, rough, good], "ambient_vs_frontier": frontier.compare([*base, rough, good])}
+    assert [c["vs_frontier"] for c in data["ambient_vs_frontier"]] == ["below", "below"]
+    md = frontier.summary(data)
+    assert "2 of 2 comparable" in md and "at step 6, 50.0 % copies against 60.0 %" in md
 
 
 def test_band_table_names_the_owner_of_every_band():

@@ -87,6 +87,17 @@ def test_an_upsampled_run_is_scored_at_its_data_size(tmp_path):
     assert all(r["n_training"] == 20 and r["frechet_distance"] > 0 for r in study["rows"])
 
 
+def test_a_patch_stem_run_is_scored_from_min_step_at_its_data_size(tmp_path):
+    runs = [
+        {"name": "p", "train": {"loss": "ambient", "sigma_n": 1.0, "upsample": 2, "patch": 2}, "eval": {"min_step": 4}}
+    ]
+    (out,) = run_grid(_grid(tmp_path, runs, text_model=None), jobs=1, threads=1)
+    study = json.loads(out.read_text())
+    assert study["status"] == "ok" and study["config"]["patch"] == 2 and study["eval"]["min_step"] == 4
+    assert [r["step"] for r in study["rows"]] == [None, 4]  # the snapshot at step 2 is not scored
+    assert all(r["n_training"] == 20 and r["frechet_distance"] > 0 for r in study["rows"])
+
+
 def test_a_run_scored_before_its_training_ends_is_recorded_as_unfinished(tmp_path):
     path = _grid(tmp_path, [{"name": "b", "train": {"loss": "baseline"}}], text_model=None, steps=2)
     run_grid(path, jobs=1, threads=1, evaluate=False)  # trained to 2 steps

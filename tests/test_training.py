@@ -137,6 +137,20 @@ def test_upsampled_training_sees_the_same_content_on_a_finer_noise_grid(tmp_path
         cfg(tmp_path, upsample=0).validate()
 
 
+def test_a_patch_stem_trains_at_the_finer_side_and_exports_a_model_of_that_side(tmp_path):
+    c = cfg(tmp_path, upsample=2, patch=2, steps=2)
+    tr = Trainer(c, toy_dataset())
+    assert tr.model.image_shape == (1, 16, 16)
+    assert tr.model.net.unet_config["sample_size"] == 8 and tr.model.net.unet_config["in_channels"] == 4
+    m = EDMDenoiser.from_pretrained(tr.run())
+    assert m.image_shape == (1, 16, 16) and m.net.patch == 2
+    x = torch.randn(3, 1, 16, 16)
+    torch.testing.assert_close(m(x, 1.0), tr.ema(x, 1.0))  # the exported model is the trained average
+    for bad in (0, 3):  # 3 does not divide the trained side 16
+        with pytest.raises(ValueError, match="patch"):
+            cfg(tmp_path, upsample=2, patch=bad).validate()
+
+
 def test_training_lowers_the_loss_on_fixed_draws(tmp_path):
     """Not convergence: 40 steps must lower the EDM loss on a fixed set of (image, sigma, noise) draws."""
     tr = Trainer(cfg(tmp_path, steps=40, batch=8, lr=2e-3, warmup=1, checkpoint_every=100), toy_dataset())
@@ -215,6 +229,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         ({"seed": 1}, "seed"),
         ({"block_out_channels": [16, 16]}, "block_out_channels"),
         ({"upsample": 2}, "upsample"),
+        ({"patch": 2}, "patch"),
     ]:
         with pytest.raises(ValueError, match=f"written with {key}="):
             Trainer(replace(c, steps=4, **kw), toy_dataset())
