@@ -95,6 +95,13 @@ def default_unet_config(
     }
 
 
+def check_patch(patch: Any, where: str = "") -> int:
+    """``patch`` if it is a whole number >= 1 (the side of a space-to-depth stem); else a ValueError naming ``where``."""
+    if not isinstance(patch, int) or isinstance(patch, bool) or patch < 1:
+        raise ValueError(f"{where}patch must be a whole number >= 1, not {patch!r}")
+    return patch
+
+
 class CondUNet(nn.Module):
     """Raw network F(x, c_noise, cond): a diffusers UNet2DModel plus a projection of the text embedding.
 
@@ -107,8 +114,7 @@ class CondUNet(nn.Module):
         super().__init__()
         from diffusers import UNet2DModel
 
-        if not isinstance(patch, int) or isinstance(patch, bool) or patch < 1:
-            raise ValueError(f"patch must be a whole number >= 1, not {patch!r}")
+        check_patch(patch)
         if unet_config.get("in_channels", 1) % (patch * patch) or unet_config.get("out_channels", 1) % (patch * patch):
             raise ValueError(f"a {patch} x {patch} patch stem needs UNet channels divisible by {patch * patch}")
         self.unet_config = dict(unet_config)
@@ -470,10 +476,7 @@ def _edm_settings(cfg: Any, cfg_path: Path) -> tuple[float, int, float, dict[str
     meta = cfg.get("meta") or {}
     if not isinstance(meta, dict):
         raise ValueError(f"{cfg_path}: meta must be a JSON object")
-    patch = cfg.get("patch", 1)
-    if not isinstance(patch, int) or isinstance(patch, bool) or patch < 1:
-        raise ValueError(f"{cfg_path}: patch must be a whole number >= 1, not {patch!r}")
-    return sigma_data, cond_dim, time_scale, meta, patch
+    return sigma_data, cond_dim, time_scale, meta, check_patch(cfg.get("patch", 1), f"{cfg_path}: ")
 
 
 def _unet_args(raw: Any, cond_dim: int, path: Path) -> dict[str, Any]:
