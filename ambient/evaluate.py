@@ -67,8 +67,14 @@ def generate(
     batch: int = 128,
     bf16: bool = False,
     progress: Progress | None = None,
+    size: int | None = None,
 ) -> torch.Tensor:
-    """Samples for many seeds, in batches (same start noise per seed as any other batch); see ``sample``."""
+    """Samples for many seeds, in batches (same start noise per seed as any other batch); see ``sample``.
+
+    ``size``: average the samples down to size x size (an upsampled pair's training images' side, ``Pair.to_data``).
+    """
+    from ambient.data import downsample_pixels
+
     shape = ambient.image_shape
     out = []
     for start in range(0, len(seeds), batch):
@@ -78,7 +84,8 @@ def generate(
             out.append(sample(ambient, baseline, s, shape, c, steps, sigma_c, mode, "heun", guidance))
         if progress is not None:
             progress(min(1.0, (start + len(s)) / len(seeds)), f"{start + len(s)}/{len(seeds)} samples")
-    return torch.cat(out).float()
+    x = torch.cat(out).float()
+    return x if size is None else downsample_pixels(x, size)
 
 
 def score_samples(
@@ -124,10 +131,12 @@ def sweep_cutoff(
     guidance: float = 1.0,
     bf16: bool = False,
     progress: Progress | None = None,
+    size: int | None = None,
 ) -> list[dict[str, Any]]:
     """Hand-over sweep: for each cutoff, samples from (Ambient above sigma_c, baseline below) and their scores.
 
     Each row's ``sigma_c`` is a number, or None for ``Cutoff.baseline_alone()``; ``models`` says who ran.
+    ``size``: score the samples averaged down to size x size (an upsampled pair, ``Pair.data_shape``).
     """
     rows = []
     cutoffs = [c if isinstance(c, Cutoff) else Cutoff(c) for c in cutoffs]
@@ -138,7 +147,9 @@ def sweep_cutoff(
             def inner(f: float, msg: str, k: int = k, cut: Cutoff = cut) -> None:
                 progress((k + f) / len(cutoffs), f"{cut.label()}: {msg}")
 
-        x = generate(ambient, baseline, seeds, cond, steps, cut, guidance=guidance, bf16=bf16, progress=inner)
+        x = generate(
+            ambient, baseline, seeds, cond, steps, cut, guidance=guidance, bf16=bf16, progress=inner, size=size
+        )
         row = {"sigma_c": cut.to_json(), "models": cut.label()}
         row.update(score_samples(x, index, class_ids, reference, classifier))
         rows.append(row)
@@ -256,6 +267,7 @@ def evaluate_pair(
     pair_dir, out = Path(pair_dir), Path(out)
     pair = load_pair(ambient_dir, baseline_dir, pair_dir / "train.npz", pair_dir / "index")  # as the app does
     amb, base, index = pair.ambient, pair.baseline, pair.index
+    size = pair.data_shape[-1]  # an upsampled pair is scored at its training images' size
     meta = getattr(amb, "meta", {})
     class_names = meta.get("class_names")
     prompts, class_ids = prompt_plan(n, class_names)
@@ -280,7 +292,7 @@ def evaluate_pair(
         ("baseline", base, None, Cutoff.ambient_alone()),
         ("ambient", amb, None if amb_cut.is_ambient_alone else base, amb_cut),
     ):
-        x = generate(model, low, seeds, cond, steps, cut, guidance=guidance, bf16=bf16, progress=progress)
+        x = generate(model, low, seeds, cond, steps, cut, guidance=guidance, bf16=bf16, progress=progress, size=size)
         rows[name] = score_samples(x, index, class_ids, reference)
         save_grid(x[:64], out / f"samples_{name}.png", ncol=16)
 
@@ -304,6 +316,7 @@ def evaluate_pair(
         guidance=guidance,
         bf16=bf16,
         progress=progress,
+        size=size,
     )
     settings = {
         "ambient": str(ambient_dir),
@@ -319,6 +332,7 @@ def evaluate_pair(
         "threshold": index.threshold,
         "ratio_threshold": index.ratio_threshold,
         "sigma_n": sigma_n,
+        "upsample": pair.upsample,
         "ambient_regime": meta.get("regime", "all"),
         "ambient_sigma_c": amb_cut.sigma_c,
         "quality": "Frechet distance in fmnist-cnn penultimate features vs held-out test images (not FID)",

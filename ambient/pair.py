@@ -3,7 +3,9 @@
 A pair is an Ambient model and a baseline trained on the same images, those training images with their
 nearest-neighbour index, the sigma range both cover, the Ambient model's training cutoff sigma_n and
 regime (so the right sampling cutoff can be chosen), and optionally the shipped sigma_c sweep and
-held-out reference images. Anything inconsistent raises ``PairProblem``, which says what is wrong and how
+held-out reference images. Models trained on their images upsampled (``--upsample K``: each pixel repeated,
+a finer noise grid over the same content) sample at K times the side; ``Pair.to_data`` averages their
+images back to the training images' size, where they are searched, scored and shown. Anything inconsistent raises ``PairProblem``, which says what is wrong and how
 to fix it.
 """
 
@@ -77,11 +79,24 @@ class Pair:
     sigma_max: float
     sigma_n: float | None = None
     regime: str = "all"  # the Ambient model's: "high" = trained only at sigma >= sigma_n
+    upsample: int = 1  # the models sample at this many times the training images' side
     text_model: str | None = None
     sweep: dict[str, Any] | None = None
     reference: Any = None
     device: str = "cpu"
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def data_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the training images: the size at which samples are searched, scored and shown."""
+        c, h, w = self.image_shape
+        return (c, h // self.upsample, w // self.upsample)
+
+    def to_data(self, images: torch.Tensor) -> torch.Tensor:
+        """Samples (or x0_hat estimates) at the training images' size: each upsample x upsample block averaged."""
+        from ambient.data import downsample_pixels
+
+        return downsample_pixels(images, self.data_shape[-1])
 
     def default_cutoff(self) -> Cutoff:
         """The cutoff the Ambient model was trained for (hand-over at sigma_n for a high-noise-only one)."""
@@ -133,6 +148,34 @@ def check_models(
         "sigma_max": min(float(getattr(m, "sigma_max", 80.0)) for m in (ambient, baseline)),
         "warnings": warnings,
     }
+
+
+def recorded_upsample(model: Any) -> int:
+    """The upsampling factor a model was trained at, from its config meta (1 when it records none)."""
+    meta = getattr(model, "meta", {}) or {}
+    k = (meta.get("train_config") or {}).get("upsample", meta.get("upsample", 1))
+    return k if isinstance(k, int) and not isinstance(k, bool) and k >= 1 else 1
+
+
+def data_factor(models: tuple[Any, Any], model_shape: tuple[int, ...], data_shape: tuple[int, ...]) -> int:
+    """How many times the training images' side the models sample at (1: the same size); ``PairProblem`` when
+    the training images do not fit the models, or a larger model side is not one both models were trained at."""
+    (c, h, w), (dc, dh, dw) = model_shape, data_shape
+    k = h // dh if dh and dw and h % dh == 0 and w % dw == 0 and h // dh == w // dw else 0
+    if c != dc or k < 1:
+        raise PairProblem(
+            f"the training images are {tuple(data_shape)} but the models make {tuple(model_shape)}.",
+            '"train_data" must hold the images the models were trained on, at the same size and channels.',
+        )
+    recorded = [recorded_upsample(m) for m in models]
+    if recorded != [k, k]:
+        raise PairProblem(
+            f"the models make {tuple(model_shape)} images from {tuple(data_shape)} training images, but they record "
+            f"training at upsample {recorded[0]} (ambient) and {recorded[1]} (baseline), not {k}.",
+            '"train_data" must hold the images the models were trained on; models trained with --upsample K '
+            "record it in their config and pair with the images before upsampling.",
+        )
+    return k
 
 
 def load_index(path: str | Path | None, train: Any, warnings: list[str] | None = None) -> Any:
@@ -187,15 +230,11 @@ def assemble(
     """A ``Pair`` from two loaded denoisers and their training images (the index loaded from ``index``, or built)."""
     checked = check_models(ambient, baseline, text_model, sigma_n)
     warnings = [*(warnings or []), *checked.pop("warnings")]
-    if tuple(train.images.shape[1:]) != checked["image_shape"]:
-        raise PairProblem(
-            f"the training images are {tuple(train.images.shape[1:])} but the models make {checked['image_shape']}.",
-            '"train_data" must hold the images the models were trained on, at the same size and channels.',
-        )
+    upsample = data_factor((ambient, baseline), checked["image_shape"], tuple(train.images.shape[1:]))
     idx = load_index(index, train, warnings)
     if device != "cpu":
         ambient, baseline = OnDevice(ambient, device), OnDevice(baseline, device)
-    return Pair(ambient, baseline, train, idx, device=device, warnings=warnings, **checked)
+    return Pair(ambient, baseline, train, idx, device=device, warnings=warnings, upsample=upsample, **checked)
 
 
 def load_pair(

@@ -56,7 +56,7 @@ def score_run(
 
     ``baseline`` (a denoiser) takes over below ``sigma_c`` in hand-over mode, as in the app.
     """
-    from ambient.data import balanced_subset, downsample_pixels, load_fashion_mnist, training_set_of
+    from ambient.data import balanced_subset, load_fashion_mnist, training_set_of
     from ambient.denoiser import load_denoiser
     from ambient.evaluate import encode_prompts, generate, prompt_plan, score_samples
     from ambient.neighbours import TrainingSetIndex
@@ -82,8 +82,10 @@ def score_run(
             prompts, ctx["ids"] = prompt_plan(n, model.meta.get("class_names"))
             ctx["cond"] = encode_prompts(prompts, model.meta.get("text_model"), model.cond_dim)
             ctx["n_train"] = len(train)
-        x = generate(model, baseline, list(range(seed, seed + n)), ctx["cond"], steps, sigma_c, mode, bf16=True)
-        x = downsample_pixels(x, ctx["reference"].shape[-1])  # an upsampled run is scored at its data's size
+        size = ctx["reference"].shape[-1]  # an upsampled run is scored at its data's size
+        x = generate(
+            model, baseline, list(range(seed, seed + n)), ctx["cond"], steps, sigma_c, mode, bf16=True, size=size
+        )
         r = score_samples(x, ctx["index"], ctx["ids"], ctx["reference"])
         rows.append({"run": str(run), "n_train": ctx["n_train"], "step": step, "samples": snap.name, **r})
         log(

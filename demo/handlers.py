@@ -432,7 +432,7 @@ class Handlers:
 
         def recorder(side: str, total: int) -> Callable[[dict[str, Any]], None]:
             def cb(info: dict[str, Any]) -> None:
-                d = info["denoised"].detach().float().cpu()
+                d = p.to_data(info["denoised"].detach().float().cpu())  # at the training images' size
                 records[side].append((float(info["sigma"]), d))
                 if on_step is not None:
                     on_step(side, {"i": int(info["i"]), "total": total, "sigma": float(info["sigma"]), "denoised": d})
@@ -455,7 +455,7 @@ class Handlers:
                 )
         except ValueError as e:
             raise InputError(f"Sampling failed: {e}") from e
-        return x_a, x_b, records
+        return p.to_data(x_a.float()), p.to_data(x_b.float()), records
 
     @staticmethod
     def _run_latent(
@@ -539,7 +539,7 @@ class Handlers:
         k = check_int(k, "number of neighbours", 1, min(10, len(p.train)))
         if image is None:
             raise InputError("Upload an image first (PNG, JPEG, WebP...).")
-        x = image_to_model_input(image, p.image_shape)
+        x = image_to_model_input(image, p.data_shape)
         v = p.index.verdicts(x, k=k)[0]
         return CheckResult(_u8(x)[0], v, _threshold(p), _metric(p))
 
@@ -627,6 +627,7 @@ class Handlers:
                 class_ids if class_names else None,
                 reference,
                 progress=progress,
+                size=p.data_shape[-1],
             )
         except ValueError as e:
             raise InputError(f"The live sweep failed: {e}") from e

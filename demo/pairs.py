@@ -288,6 +288,17 @@ class ModelPair(Pair):
             f"Ambient training cutoff sigma_n = {sn}; sigma from {self.sigma_min:g} to {self.sigma_max:g}; "
             f"running on {self.device.upper()}."
         ]
+        if self.upsample > 1:
+            lines[0] = lines[0].replace(f"of {c}x{h}x{w}", "of {}x{}x{}".format(*self.data_shape))
+            lines[0] += (
+                f" The models were trained on these images upsampled {self.upsample} x {self.upsample} (each pixel "
+                f"repeated, so the fixed noise holds {self.upsample**2} times the numbers) and sample at {h}x{w}; "
+                f"their images are averaged back to {self.data_shape[1]}x{self.data_shape[2]} to be shown and "
+                f"searched. Noise levels are on the {h}x{w} grid: averaging divides the noise by {self.upsample}, "
+                f"so sigma_n = {sn} here is {self.sigma_n / self.upsample:g} on the training images."
+                if self.sigma_n
+                else "searched."
+            )
         if self.latent is not None:
             lines[0] = lines[0].replace(f"training images of {c}x{h}x{w}", "training images")
             lines[0] += " " + self.latent.describe()

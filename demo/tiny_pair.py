@@ -38,8 +38,13 @@ def make_tiny_pair(
     sigma_n: float = 1.0,
     reference_n: int = 0,
     text_model: str = "all-MiniLM-L6-v2",
+    upsample: int = 1,
 ) -> Path:
-    """Write ``folder/name/{ambient,baseline,train.npz,index}`` and ``folder/pairs.json``; returns the config path."""
+    """Write ``folder/name/{ambient,baseline,train.npz,index}`` and ``folder/pairs.json``; returns the config path.
+
+    ``upsample`` > 1: models that sample at that many times the side through a space-to-depth stem of that side,
+    recorded as trained on the images upsampled (as ``--upsample K --patch K``); ``train.npz`` stays 32 x 32.
+    """
     from ambient.denoiser import build_unet
     from ambient.neighbours import TrainingSetIndex
 
@@ -56,10 +61,15 @@ def make_tiny_pair(
         "steps": 0,
         "note": "tiny random pair (untrained) from demo/tiny_pair.py",
     }
+    if upsample > 1:
+        common["train_config"] = {"image_size": 32, "upsample": upsample, "patch": upsample}
+    side = 32 * upsample
     torch.manual_seed(seed)
-    amb = build_unet(384, 32, 1, TINY_CHANNELS, meta={**common, "loss": "ambient", "sigma_n": sigma_n})
+    amb = build_unet(
+        384, side, 1, TINY_CHANNELS, meta={**common, "loss": "ambient", "sigma_n": sigma_n}, patch=upsample
+    )
     torch.manual_seed(seed + 1)
-    base = build_unet(384, 32, 1, TINY_CHANNELS, meta={**common, "loss": "baseline", "sigma_n": None})
+    base = build_unet(384, side, 1, TINY_CHANNELS, meta={**common, "loss": "baseline", "sigma_n": None}, patch=upsample)
     amb.save_pretrained(root / "ambient")
     base.save_pretrained(root / "baseline")
     train.save_npz(root / "train.npz")

@@ -65,13 +65,23 @@ def model_card(name: str, model: EDMDenoiser, report: dict, command: str) -> str
         ("ambient", "high"): f"Ambient loss, high-noise-only network: trained only at sigma >= sigma_n = "
         f"{meta.get('sigma_n')} on the fixed noisy copies; sampled with a hand-over to the baseline at sigma_n",
     }[(loss, regime)]
+    k = tc.get("upsample", 1)
+    grid = (
+        f"\n- Grid: trained on the images upsampled {k} x {k} (each pixel repeated: {32 * k}x{32 * k}, so a fixed noisy "
+        f"copy holds {k * k} times the noise numbers of the same content) through a {tc.get('patch', 1)} x "
+        f"{tc.get('patch', 1)} space-to-depth stem; it samples at {32 * k}x{32 * k}, and its samples are averaged back "
+        f"to 32x32 to be scored, searched and shown. Noise levels are on the fine grid: sigma there is {k} times "
+        "sigma on the 32x32 content."
+        if k > 1
+        else ""
+    )
     return f"""# {name}
 
 - Loss: {what}.
 - Data: {len(meta.get("train_ids", []))} Fashion-MNIST training images (class-balanced subset, seed
   {tc.get("subset_seed")}), 32x32, one channel; ids in `ambient_config.json` (`meta.train_ids`) and `../train.npz`.
 - Text conditioning: prompt embeddings from {meta.get("text_model")} (captions from class names, templates
-  and synonyms; caption dropout {tc.get("caption_dropout")} so the empty prompt samples unconditionally).
+  and synonyms; caption dropout {tc.get("caption_dropout")} so the empty prompt samples unconditionally).{grid}
 - Network: diffusers UNet2DModel, block_out_channels {tc.get("block_out_channels")}, no attention, EDM
   preconditioning (sigma_data 0.5).
 - Training: {meta.get("steps")} steps, batch {tc.get("batch")}, Adam lr {tc.get("lr")} (warm-up {tc.get("warmup")}),
