@@ -234,7 +234,8 @@ def shipped_marks(pair_dir: str | Path) -> list[dict[str, Any]]:
             r = rep.get(side)
             if not r or r.get("rate_ratio") is None or "frechet_distance" not in r:
                 continue
-            name = side if side == "baseline" else f"ambient ({report.parent.name})"
+            folder = Path(str((rep.get("settings") or {}).get(side) or side)).name  # e.g. baseline_up2
+            name = folder if side == "baseline" else f"ambient ({report.parent.name})"
             n = int(r.get("n") or r.get("n_samples"))
             ci = ratio_interval(r)
             marks.append(
@@ -289,8 +290,8 @@ def summary(data: dict[str, Any]) -> str:
         )
     else:
         lines.append("No Ambient snapshot lies below the baseline frontier.")
-    if data.get("bands"):
-        lines.append(band_table(data["bands"]))
+    probes = data.get("bands") or []
+    lines += [band_table(b) for b in ([probes] if isinstance(probes, dict) else probes)]  # a dict: one, as before
     return "\n\n".join(lines)
 
 
@@ -299,7 +300,8 @@ def band_table(bands: dict[str, Any]) -> str:
     rows = bands["rows"]
     edges = sorted({b["sigma_lo"] for r in rows for b in r["bands"]}, reverse=True)
     names = [f"sigma >= {edges[0]:g}"] + [f"{lo:g} <= sigma < {hi:g}" for hi, lo in zip(edges, edges[1:], strict=False)]
-    head = f"**Which noise band decides copying** ({bands['settings']['n']} samples a row, same seeds):\n\n"
+    title = f"{bands['title']}, " if bands.get("title") else ""
+    head = f"**Which noise band decides copying** ({title}{bands['settings']['n']} samples a row, same seeds):\n\n"
     out = ["| " + " | ".join([*names, "ratio test", "cos > 0.95", "Frechet distance"]) + " |"]
     out.append("|" + "---|" * (len(names) + 3))
     for r in rows:

@@ -7,7 +7,9 @@ prompts as every other row and scored against the exact training subset the run 
 
 from __future__ import annotations
 
+import shlex
 import subprocess
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,11 @@ def git_commit(repo: str | Path | None = None) -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that is running (``python`` and ``sys.argv``), quoted so that a shell can run it again."""
+    return shlex.join(["python", *(sys.argv if argv is None else argv)])
 
 
 def snapshots(run: Path) -> list[Path]:

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from ambient.data import balanced_subset, load_fashion_mnist  # noqa: E402
 from ambient.evaluate import write_json  # noqa: E402
 from ambient.metrics import bootstrap_rate_ci, frechet_report  # noqa: E402
-from ambient.studies import git_commit  # noqa: E402
+from ambient.studies import command_line, git_commit  # noqa: E402
 from demo.handlers import MAX_IMAGES, Handlers  # noqa: E402
 from demo.pairs import PairRegistry  # noqa: E402
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     out |= {
         "seconds": round(time.perf_counter() - t0, 1),
         "commit": git_commit(),
-        "command": " ".join(["python", *sys.argv]),
+        "command": command_line(),
     }
     write_json(out, a.out)
     for side in ("baseline", "ambient"):

@@ -3,6 +3,8 @@
 Each configuration names a model for sigma >= 2, one for 0.5 <= sigma < 2 (or two, split at 1) and one
 below 0.5; every configuration samples the same seeds and prompts (EDM Heun) and is scored against the
 pair's training images (ratio test with its 95 % bootstrap interval, cosine > 0.95, Frechet distance).
+Models trained on the images upsampled (``--upsample K``) are scored on their samples averaged back to the
+training images' size; their sigmas are on the fine grid (K times the content's).
 
 Usage (models by name=folder, configurations as "label=model@2,model@0.5,model@0" from the top band down):
   python scripts/band_probe.py assets/fmnist-100 --n 256 \\
@@ -22,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from ambient.data import balanced_subset, load_fashion_mnist, load_npz  # noqa: E402
+from ambient.data import balanced_subset, downsample_pixels, load_fashion_mnist, load_npz  # noqa: E402
 from ambient.denoiser import load_denoiser  # noqa: E402
 from ambient.evaluate import encode_prompts, prompt_plan, score_samples, write_json  # noqa: E402
 from ambient.neighbours import TrainingSetIndex  # noqa: E402
 from ambient.sampling import BandDenoiser, sample  # noqa: E402
-from ambient.studies import git_commit  # noqa: E402
+from ambient.studies import command_line, git_commit  # noqa: E402
 
 
 def parse_config(text: str) -> tuple[str, list[tuple[float, str]]]:
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=256, help="samples per configuration")
     p.add_argument("--steps", type=int, default=18, help="Heun steps")
     p.add_argument("--seed", type=int, default=10_000, help="first sampling seed")
+    p.add_argument("--title", default="", help="what the probe is of, shown above its table (e.g. the pair)")
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
     a = p.parse_args(argv)
     models = {}
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         d = BandDenoiser([(lo, models[n]) for lo, n in bands])
         with torch.autocast("cpu", dtype=torch.bfloat16):
             x = sample(d, None, list(range(a.seed, a.seed + a.n)), first.image_shape, cond, a.steps).float()
-        r = score_samples(x, index, ids, reference)
+        r = score_samples(downsample_pixels(x, train.images.shape[-1]), index, ids, reference)
         rows.append({"label": label, "bands": [{"sigma_lo": lo, "model": n} for lo, n in bands], **r})
         print(
             f"{label}: ratio {100 * r['rate_ratio']:.1f} % cos>0.95 {100 * r['rate_similarity']['0.95']:.1f} % "
@@ -84,10 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     write_json(
         {
             "what": "which noise band decides copying: a model per band, same seeds and prompts",
+            "title": a.title,
             "models": dict(m.partition("=")[::2] for m in a.model),
             "settings": {"n": a.n, "steps": a.steps, "seed": a.seed, "seconds": round(time.perf_counter() - t0, 1)},
             "commit": git_commit(),
-            "command": " ".join(["python", *sys.argv]),
+            "command": command_line(),
             "rows": rows,
         },
         a.out,

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from ambient.denoiser import load_denoiser  # noqa: E402
 from ambient.evaluate import write_json  # noqa: E402
-from ambient.studies import score_run  # noqa: E402
+from ambient.studies import command_line, score_run  # noqa: E402
 
 SAME = ("n", "steps", "seed", "baseline", "sigma_c", "mode")  # settings that rows of one file must share
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: _setting(a, k) for k in SAME} | {"seconds": round(time.perf_counter() - t0, 1)}
     order = {run: k for k, run in enumerate(dict.fromkeys(r["run"] for r in rows))}
     rows.sort(key=lambda r: (order[r["run"]], r["step"] or 0))  # each run's held-out row first, then by step
-    commands.append(" ".join(["python", *sys.argv]))
+    commands.append(command_line())
     write_json({"settings": settings, "rows": rows, "commands": commands}, a.out)
     print(markdown(rows))
     print(f"wrote {a.out}")

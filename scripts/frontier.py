@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ambient import frontier  # noqa: E402
 from ambient.evaluate import write_json  # noqa: E402
-from ambient.studies import git_commit  # noqa: E402
+from ambient.studies import command_line, git_commit  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,13 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     for n in sorted({q["n_train"] for q in points if q["n_train"]}):
         path = frontier.plot_frontier(points, out / f"frontier_n{n}.png", marks if n == 100 else (), n)
         plots[str(n)] = path.name
-    bands_file = a.pair_dir / "studies" / "band_probe.json"
-    bands = json.loads(bands_file.read_text()) if bands_file.is_file() else None
+    bands = [json.loads(f.read_text()) for f in sorted((a.pair_dir / "studies").glob("band_probe*.json"))]
     write_json(
         {
             "what": "ratio-test rate (95 % bootstrap interval) against Frechet distance, one point per snapshot",
             "commit": git_commit(),
-            "command": " ".join(["python", *sys.argv]),
+            "command": command_line(),
             "plots": plots,
             "points": points,
             "ambient_vs_frontier": compared,

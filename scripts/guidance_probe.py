@@ -23,7 +23,7 @@ from ambient.cutoff import Cutoff  # noqa: E402
 from ambient.data import balanced_subset, load_fashion_mnist  # noqa: E402
 from ambient.evaluate import encode_prompts, generate, prompt_plan, score_samples, write_json  # noqa: E402
 from ambient.metrics import bootstrap_rate_ci  # noqa: E402
-from ambient.studies import git_commit  # noqa: E402
+from ambient.studies import command_line, git_commit  # noqa: E402
 from demo.pairs import PairRegistry  # noqa: E402
 
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             "rows": rows,
             "seconds": round(time.perf_counter() - t0, 1),
             "commit": git_commit(),
-            "command": " ".join(["python", *sys.argv]),
+            "command": command_line(),
         },
         a.out,
     )

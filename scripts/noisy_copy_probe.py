@@ -26,6 +26,7 @@ from ambient.evaluate import encode_prompts, prompt_plan, write_json  # noqa: E4
 from ambient.losses import fixed_noise  # noqa: E402
 from ambient.neighbours import TrainingSetIndex  # noqa: E402
 from ambient.sampling import initial_noise, karras_sigmas, sample_heun, truncate_sigmas  # noqa: E402
+from ambient.studies import command_line  # noqa: E402
 
 
 def ratio_rate(x: torch.Tensor, points: torch.Tensor, threshold: float = 1 / 3) -> tuple[float, float]:
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         row["control_vs_noisy_copies"], row["control_median_ratio"] = ratio_rate(control, noisy)
         print(row, flush=True)
         rows.append(row)
-    write_json({"rows": rows, "command": " ".join(["python", *sys.argv])}, a.out)
+    write_json({"rows": rows, "command": command_line()}, a.out)
     return 0
 
 

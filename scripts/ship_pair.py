@@ -29,6 +29,7 @@ from ambient.data import training_set_of  # noqa: E402
 from ambient.denoiser import CARD_NAME, EDMDenoiser, is_model_dir  # noqa: E402
 from ambient.evaluate import evaluate_pair  # noqa: E402
 from ambient.neighbours import TrainingSetIndex  # noqa: E402
+from ambient.studies import command_line  # noqa: E402
 
 DATA_NOTE = """# Training images: Fashion-MNIST subset
 
@@ -174,7 +175,7 @@ def main() -> int:
     text = licence.read_text() if licence.is_file() else "MIT licence, Copyright 2017 Zalando SE"
     (out / "DATA.md").write_text(DATA_NOTE.format(n=len(ds), licence=text.strip()))
 
-    cmd = " ".join(["python", *sys.argv])
+    cmd = command_line()
     evals = {"ambient": "eval"}
     if args.variant:  # ambient_x is evaluated into eval_x, as ambient_high into eval_high
         evals = {

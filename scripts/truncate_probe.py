@@ -14,6 +14,7 @@ from ambient.data import balanced_subset, load_fashion_mnist, load_npz  # noqa: 
 from ambient.denoiser import load_denoiser  # noqa: E402
 from ambient.evaluate import encode_prompts, generate, prompt_plan, score_samples, write_json  # noqa: E402
 from ambient.neighbours import TrainingSetIndex  # noqa: E402
+from ambient.studies import command_line  # noqa: E402
 
 P = Path(sys.argv[1] if len(sys.argv) > 1 else "assets/fmnist-100")
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 200
@@ -41,4 +42,4 @@ for name, model in models.items():
         }
         print(row, flush=True)
         out.append(row)
-write_json({"rows": out, "command": " ".join(["python", *sys.argv])}, P / "eval" / "truncate_probe.json")
+write_json({"rows": out, "command": command_line()}, P / "eval" / "truncate_probe.json")

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from ambient.data import load_npz
@@ -23,13 +24,17 @@ def test_pairs_config_names_the_embedded_pair():
             assert (ASSETS / p[key]).exists(), f"{p['name']}: {key} -> {p[key]} is missing"
 
 
-def test_shipped_models_load_and_sample():
-    amb = EDMDenoiser.from_pretrained(PAIR / "ambient")
-    base = EDMDenoiser.from_pretrained(PAIR / "baseline")
+SHIPPED = json.loads((ASSETS / "pairs.json").read_text())["pairs"]
+
+
+@pytest.mark.parametrize("entry", SHIPPED, ids=[p["name"] for p in SHIPPED])
+def test_shipped_models_load_and_sample(entry):
+    amb = EDMDenoiser.from_pretrained(ASSETS / entry["ambient"])
+    base = EDMDenoiser.from_pretrained(ASSETS / entry["baseline"])
     assert amb.meta["loss"] == "ambient" and amb.meta["sigma_n"] > 0
     assert base.meta["loss"] == "baseline"
     assert amb.meta["train_ids"] == base.meta["train_ids"]  # same data, only the loss differs
-    assert amb.meta["steps"] == base.meta["steps"] > 0
+    assert amb.meta["steps"] > 0 and base.meta["steps"] > 0  # trained, not the tiny random pair
     cond = torch.zeros(2, amb.cond_dim)
     cond[0, 0] = 1.0
     x = sample(amb, base, [0, 1], amb.image_shape, cond, steps=3, sigma_c=1.0)
@@ -78,3 +83,17 @@ def test_every_shipped_pair_loads_through_the_app_and_is_labelled_honestly():
         assert len(sweep["sweep"]) >= 8
         if amb.get("regime") == "high":  # a high-noise-only network is handed over at its sigma_n
             assert min(r["sigma_c"] for r in sweep["sweep"]) >= amb["sigma_n"] - 1e-9
+
+
+def test_default_pair_generates_through_the_app_at_its_training_images_size():
+    from demo.handlers import Handlers
+    from demo.pairs import PairRegistry
+
+    reg = PairRegistry.from_path(ASSETS / "pairs.json")
+    H = Handlers(reg)
+    p = H.pair(reg.default)
+    r = H.generate(reg.default, "a sneaker", 3, 2, 3, 1.0, None, "handover")
+    c, h, w = p.data_shape
+    assert all(s.image.shape == (h, w, c) for s in r.ambient + r.baseline)
+    assert all(0 < s.verdict.similarity <= 1 for s in r.ambient + r.baseline)
+    assert len(r.ambient[0].trajectory) == 3 and r.ambient[0].trajectory[-1]["position"] in range(len(p.train))

@@ -131,6 +131,10 @@ def test_band_table_names_the_owner_of_every_band():
     table = frontier.band_table(bands).splitlines()
     assert table[2] == "| sigma >= 2 | 1 <= sigma < 2 | 0 <= sigma < 1 | ratio test | cos > 0.95 | Frechet distance |"
     assert table[4].startswith("| base | base | base |") and table[5].startswith("| amb | early | base | 10.0 %")
+    # several probes (one per pair) each get their table, under their title
+    data = {"points": [], "bands": [{**bands, "title": "32 x 32"}, {**bands, "title": "64 x 64"}]}
+    md = frontier.summary(data)
+    assert md.count("| ratio test |") == 2 and md.index("(32 x 32, 8 samples") < md.index("(64 x 64, 8 samples")
 
 
 def test_a_failed_run_without_rows_is_still_listed(tmp_path):

@@ -108,3 +108,12 @@ def test_a_run_scored_before_its_training_ends_is_recorded_as_unfinished(tmp_pat
     study = json.loads(out.read_text())
     assert study["status"] == "unfinished" and study["trained_to"] == 2 and "step 2 of 4" in study["note"]
     assert [r["step"] for r in study["rows"]] == [None, 2]
+
+
+def test_recorded_commands_can_be_run_again_by_a_shell():
+    import shlex
+
+    from ambient.studies import command_line
+
+    argv = ["scripts/band_probe.py", "--config", "all baseline=baseline@0", "--title", "it's 64 x 64"]
+    assert shlex.split(command_line(argv)) == ["python", *argv]
