@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         c = None if fd_cond is None else fd_cond[s : s + 64]
         chunks.append(sample(model, None, fd_seeds[s : s + 64], shape, c, steps, sampler="heun", **common_kw))
     fd_sample_s = time.perf_counter() - fd_t0
-    ours_fd = torch.cat(chunks)
+    ours_fd = pair.to_data(torch.cat(chunks))  # an upsampled pair is scored at its training images' size
     fd_ours = frechet_report(ours_fd, ref_imgs)["frechet_distance"]
     fd_floor = frechet_report(floor_imgs, ref_imgs)["frechet_distance"]
     quality: dict[str, Any] = {
@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         z = initial_noise(fd_seeds[:n], shape, 1.0)
         c = None if fd_cond is None else fd_cond[:n]
         x_ddpm, ddpm_q_s = common.timed(lambda: run_ddpm_over_ours(model, z, c, 1000, seed=0))
+        x_ddpm = pair.to_data(x_ddpm)
         quality |= {
             "ddpm_quality_n": n,
             "frechet_ddpm1000_over_ours": frechet_report(x_ddpm, ref_imgs[:n])["frechet_distance"],
