@@ -73,7 +73,10 @@ def unet_output(unet, model) -> torch.Tensor:
     x, sigma, cond = fixed_input(model)
     labels = model.net.cond_proj(cond) if model.cond_dim else None
     c_in = 1 / (sigma.view(-1, 1, 1, 1) ** 2 + model.sigma_data**2).sqrt()
-    return unet(c_in * x, sigma.log() / 4 * model.net.time_scale, class_labels=labels).sample
+    x_in = c_in * x
+    if model.net.patch > 1:  # a space-to-depth stem: the UNet sees each patch x patch block as channels
+        x_in = torch.nn.functional.pixel_unshuffle(x_in, model.net.patch)
+    return unet(x_in, sigma.log() / 4 * model.net.time_scale, class_labels=labels).sample
 
 
 def write_legacy(model: EDMDenoiser, folder: Path) -> Path:

@@ -58,3 +58,22 @@ def test_app_defaults_counts_the_verdicts_the_generate_handler_returns(tiny):
     assert data["ambient"]["rate_ratio"] == 0.0  # the untrained network makes no copies
     lo, hi = data["baseline"]["rate_ratio_ci95"]
     assert lo == hi == 1.0 and data["ambient"]["frechet_distance"] > data["baseline"]["frechet_distance"]
+
+
+def test_fidelity_probe_splits_fidelity_over_copies_and_the_rest(tiny, tmp_path):
+    import json
+
+    import numpy as np
+
+    probe = _script("fidelity_probe")
+    r = probe.share(np.array([True, False, True, True]), np.array([True, True, False, True]))
+    assert r["rate"] == 2 / 3 and r["n"] == 3 and r["ci95"][0] <= 2 / 3 <= r["ci95"][1]
+    out = tmp_path / "f.json"
+    args = [str(tiny.parent / "tiny"), "--ambient", "ambient", "--baseline", "baseline", "--n", "12", "--steps", "2"]
+    assert probe.main([*args, "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert 0 <= data["classifier_accuracy_on_training_images"] <= 1
+    for side in ("baseline", "ambient"):
+        d = data[side]
+        assert d["prompt_fidelity"]["n"] == 11  # every 11th sample is unconditional (prompt_plan)
+        assert d["copies_classifier_right"]["n"] + d["others_classifier_right"]["n"] == 11
