@@ -310,12 +310,15 @@ class TrainingSetIndex:
         q = self._check_queries(queries).flatten(1).cpu()
         return pixel_ratio_test(self._flat_images(), q)
 
-    def verdicts(self, queries: torch.Tensor, k: int = 5) -> list[Verdict]:
-        """Top-k neighbours, similarity and ratio verdicts for each query image."""
+    def verdicts(self, queries: torch.Tensor, k: int = 5, primary: str = "similarity") -> list[Verdict]:
+        """Top-k neighbours, similarity and ratio verdicts for each query image (``primary``: the test behind
+        ``Verdict.is_copy``)."""
         q = self._check_queries(queries)
         sims, pos = self.search(q, k)
         ratios = self.ratio_test(q)[0] if self.images is not None else np.full(len(q), np.nan)
-        return make_verdicts(sims, pos, ratios, self.ids, self.threshold, self.ratio_threshold, self.embedder_name)
+        return make_verdicts(
+            sims, pos, ratios, self.ids, self.threshold, self.ratio_threshold, self.embedder_name, primary
+        )
 
     # persistence -----------------------------------------------------------------------------------
 

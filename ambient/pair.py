@@ -80,6 +80,7 @@ class Pair:
     sigma_n: float | None = None
     regime: str = "all"  # the Ambient model's: "high" = trained only at sigma >= sigma_n
     upsample: int = 1  # the models sample at this many times the training images' side
+    copy_test: str = "similarity"  # the test behind a verdict's is_copy: "similarity" or "ratio"
     text_model: str | None = None
     sweep: dict[str, Any] | None = None
     reference: Any = None
@@ -97,6 +98,10 @@ class Pair:
         from ambient.data import downsample_pixels
 
         return downsample_pixels(images, self.data_shape[-1])
+
+    def verdicts(self, images: torch.Tensor, k: int = 5) -> list[Any]:
+        """Nearest training images and copy verdicts of images at the training images' size, by the pair's test."""
+        return self.index.verdicts(images, k=k, primary=self.copy_test)
 
     def default_cutoff(self) -> Cutoff:
         """The cutoff the Ambient model was trained for (hand-over at sigma_n for a high-noise-only one)."""

@@ -6,7 +6,8 @@
 * ratio (Gu et al. 2025): exact pixel L2 distances to the nearest and second-nearest training images;
   a copy if d1 / d2 < 1/3 (``pixel_ratio_test``).
 
-``Verdict.is_copy`` is the similarity test (the one the UI shows); the ratio test is reported beside it.
+``Verdict.is_copy`` is the primary test: the similarity test unless the verdicts were made with
+``primary="ratio"`` (a pair's ``copy_test``); the other is reported beside it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ import torch
 
 DEFAULT_THRESHOLD = 0.95
 DEFAULT_RATIO_THRESHOLD = 1 / 3
+COPY_TESTS = ("similarity", "ratio")
+
+
+def check_copy_test(name: object) -> str:
+    """``name`` if it is one of the two copy tests ("similarity", "ratio"); else a ValueError naming them."""
+    if name not in COPY_TESTS:
+        raise ValueError(f"the copy test must be one of {list(COPY_TESTS)}, not {name!r}")
+    return str(name)
 
 
 @dataclass
@@ -35,8 +44,8 @@ class Neighbour:
 class Verdict:
     """What the index says about one sample.
 
-    ``is_copy`` is the similarity test alone (the primary one, shown in the UI); the pixel ratio test of
-    Gu et al. is reported beside it in ``copy_by_ratio``. ``ratio`` is NaN (and ``copy_by_ratio`` False)
+    ``is_copy`` is the ``primary`` test: the similarity test by default, or the pixel ratio test of Gu et al.;
+    both are always reported (``copy_by_similarity``, ``copy_by_ratio``). ``ratio`` is NaN (and ``copy_by_ratio`` False)
     where it cannot be computed: an index without images, or a training set of one image.
     """
 
@@ -46,11 +55,12 @@ class Verdict:
     copy_by_similarity: bool  # similarity > index.threshold
     copy_by_ratio: bool  # ratio < index.ratio_threshold
     embedder: str = ""  # name of the embedder behind ``similarity``
+    primary: str = "similarity"  # which test ``is_copy`` is: "similarity" or "ratio"
 
     @property
     def is_copy(self) -> bool:
-        """The primary verdict: the similarity test."""
-        return self.copy_by_similarity
+        """The primary verdict: the similarity test, or the ratio test when ``primary`` is "ratio"."""
+        return self.copy_by_ratio if self.primary == "ratio" else self.copy_by_similarity
 
 
 def pixel_ratio_test(train: torch.Tensor, queries: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -91,9 +101,11 @@ def make_verdicts(
     threshold: float = DEFAULT_THRESHOLD,
     ratio_threshold: float = DEFAULT_RATIO_THRESHOLD,
     embedder: str = "",
+    primary: str = "similarity",
 ) -> list[Verdict]:
     """One Verdict per query from its top-k cosines and positions (N, k), its pixel ratio (N,; NaN: unknown)
-    and the training ids."""
+    and the training ids; ``primary`` names the test behind ``is_copy``."""
+    check_copy_test(primary)
     out = []
     for i in range(len(sims)):
         neigh = [Neighbour(int(p), int(ids[int(p)]), float(s)) for s, p in zip(sims[i], pos[i], strict=True) if p >= 0]
@@ -107,6 +119,7 @@ def make_verdicts(
                 copy_by_similarity=bool(top > threshold),
                 copy_by_ratio=bool(r < ratio_threshold) if not math.isnan(r) else False,
                 embedder=embedder,
+                primary=primary,
             )
         )
     return out

@@ -303,6 +303,8 @@ def verdict_json(v: Any) -> dict[str, Any]:
         "similarity": round(float(v.similarity), 4),
         "ratio": round(float(v.ratio), 4),
         "is_copy": bool(v.is_copy),
+        "copy_test": v.primary,
+        "copy_by_similarity": bool(v.copy_by_similarity),
         "copy_by_ratio": bool(v.copy_by_ratio),
         "neighbours": _neighbours_json(v),
     }
@@ -486,8 +488,8 @@ class Handlers:
         """Verdicts, neighbours and trajectories of both sides, as the result the UI and the API show."""
         n, cut, k = req["n"], req["cutoff"], req["k"]
         seeds = [(req["seed"] + i) % (MAX_SEED + 1) for i in range(n)]
-        v_a = p.index.verdicts(p.index_input(x_a.float().cpu()), k=k)
-        v_b = p.index.verdicts(p.index_input(x_b.float().cpu()), k=k)
+        v_a = p.verdicts(p.index_input(x_a.float().cpu()), k=k)
+        v_b = p.verdicts(p.index_input(x_b.float().cpu()), k=k)
         traj = {side: self._trajectories(p, records[side], n, cut, side) for side in records}
         u_a, u_b = _u8(x_a), _u8(x_b)
         return GenerateResult(
@@ -540,7 +542,7 @@ class Handlers:
         if image is None:
             raise InputError("Upload an image first (PNG, JPEG, WebP...).")
         x = image_to_model_input(image, p.data_shape)
-        v = p.index.verdicts(x, k=k)[0]
+        v = p.verdicts(x, k=k)[0]
         return CheckResult(_u8(x)[0], v, _threshold(p), _metric(p))
 
     def check_training_image(self, pair: str | None, position: Any, k: Any = DEFAULT_K) -> CheckResult:
@@ -549,7 +551,7 @@ class Handlers:
         pos = check_int(position, "training image position", 0, len(p.train) - 1)
         k = check_int(k, "number of neighbours", 1, min(10, len(p.train)))
         x = p.train.images[pos : pos + 1]
-        v = p.index.verdicts(x, k=k)[0]
+        v = p.verdicts(x, k=k)[0]
         return CheckResult(_u8(x)[0], v, _threshold(p), _metric(p))
 
     def training_gallery(self, pair: str | None) -> list[tuple[Image.Image, str]]:
@@ -658,8 +660,10 @@ class Handlers:
 
 
 def sample_caption(s: Sample) -> str:
-    """Caption under a generated image: the copy mark and its nearest training image's similarity."""
-    return f"{'COPY' if s.verdict.is_copy else 'novel'} {float(s.verdict.similarity):.2f}"
+    """Caption under a generated image: the copy mark and the figure of the test behind it."""
+    v = s.verdict
+    mark = "COPY" if v.is_copy else "novel"
+    return f"{mark} d1/d2 {float(v.ratio):.2f}" if v.primary == "ratio" else f"{mark} {float(v.similarity):.2f}"
 
 
 def gallery_items(result: GenerateResult, side: str) -> list[tuple[Image.Image, str]]:
@@ -680,11 +684,14 @@ def copies_line(result: GenerateResult) -> str:
     n = len(result.ambient)
     a = sum(bool(s.verdict.is_copy) for s in result.ambient)
     b = sum(bool(s.verdict.is_copy) for s in result.baseline)
-    ra = sum(bool(s.verdict.copy_by_ratio) for s in result.ambient)
-    rb = sum(bool(s.verdict.copy_by_ratio) for s in result.baseline)
+    by_ratio = bool(result.ambient) and result.ambient[0].verdict.primary == "ratio"
+    other = "copy_by_similarity" if by_ratio else "copy_by_ratio"
+    label = f"cosine > {result.threshold:g}" if by_ratio else "ratio test"
+    ra = sum(bool(getattr(s.verdict, other)) for s in result.ambient)
+    rb = sum(bool(getattr(s.verdict, other)) for s in result.baseline)
     return (
-        f"- **Ambient**{_side_note(result)}: **{a} of {n}** are copies (ratio test: {ra} of {n})\n"
-        f"- **Baseline** (alone): **{b} of {n}** are copies (ratio test: {rb} of {n})"
+        f"- **Ambient**{_side_note(result)}: **{a} of {n}** are copies ({label}: {ra} of {n})\n"
+        f"- **Baseline** (alone): **{b} of {n}** are copies ({label}: {rb} of {n})"
     )
 
 
@@ -700,8 +707,9 @@ def summary_markdown(result: GenerateResult) -> str:
     lines = [
         copies_line(result),
         "",
-        f"A **copy** is an image whose nearest training image has {result.metric} > **{result.threshold:g}**. "
-        "The ratio test (pixel distance to nearest / second nearest < 1/3) is shown for comparison.",
+        copy_rule(
+            result.ambient[0].verdict.primary if result.ambient else "similarity", result.metric, result.threshold
+        ),
         f"Prompt {prompt}, seeds {result.ambient[0].seed}..{result.ambient[-1].seed}, {result.steps} Heun steps, "
         f"guidance {result.guidance:g}, {'cached' if result.cached else f'{result.seconds:.1f} s'}.",
     ]
@@ -808,16 +816,32 @@ def check_markdown(result: CheckResult) -> str:
     """Is this a copy? In words, with threshold and metric."""
     v = result.verdict
     top = v.neighbours[0]
-    if v.is_copy:
-        head = f"### COPY: training image #{top.id} ({float(v.similarity):.3f} > {result.threshold:g})"
+    if v.primary == "ratio":
+        figure = f"d1/d2 = {float(v.ratio):.3f} {'<' if v.is_copy else '>='} 1/3"
     else:
-        head = (
-            f"### Not a copy: nearest is training image #{top.id} ({float(v.similarity):.3f} <= {result.threshold:g})"
-        )
-    ratio = "yes" if v.copy_by_ratio else "no"
+        figure = f"{float(v.similarity):.3f} {'>' if v.is_copy else '<='} {result.threshold:g}"
+    if v.is_copy:
+        head = f"### COPY: training image #{top.id} ({figure})"
+    else:
+        head = f"### Not a copy: nearest is training image #{top.id} ({figure})"
     return (
-        f"{head}\n\nMetric: {result.metric}; copy when the nearest is above {result.threshold:g}. "
-        f"Ratio test (pixel distance nearest / second < 1/3): {float(v.ratio):.3f}, copy by ratio: {ratio}."
+        f"{head}\n\n{copy_rule(v.primary, result.metric, result.threshold)} Here: cosine {float(v.similarity):.3f} "
+        f"(copy by it: {'yes' if v.copy_by_similarity else 'no'}), d1/d2 {float(v.ratio):.3f} "
+        f"(copy by it: {'yes' if v.copy_by_ratio else 'no'})."
+    )
+
+
+def copy_rule(primary: str, metric: str, threshold: float) -> str:
+    """How a copy is decided, in one sentence, for the pair's copy test ("similarity" or "ratio")."""
+    ratio = "pixel distance to the nearest training image under a third of the distance to the second nearest"
+    if primary == "ratio":
+        return (
+            f"A **copy** is an image with its {ratio} (the ratio test of Gu et al.: a near-exact copy). The {metric} "
+            f"of the nearest (copy above {threshold:g}) is shown for comparison."
+        )
+    return (
+        f"A **copy** is an image whose nearest training image has {metric} > **{threshold:g}**. The ratio test "
+        f"({ratio}) is shown for comparison."
     )
 
 

@@ -25,7 +25,11 @@ For ``latent`` pairs ``train_data`` is the image folder they were fine-tuned on 
 ``ambient_latent.json`` names), ``index`` a folder the index is loaded from or, the first time, saved to;
 optional: ``embedder`` (default ``efficientnet-lite0``), ``index_size`` (128), ``trajectory_points`` (8; 3 at
 512 px and above), ``needs_gpu`` (false). Any pair may set ``steps``, the sampler steps the app starts with for it
-(18; 8 for a latent pair of 512 px and above).
+(18; 8 for a latent pair of 512 px and above), and ``copy_test``, the test behind its COPY marks: ``similarity``
+(the default: cosine of the index's features above its threshold) or ``ratio`` (the pixel ratio test of Gu et al.,
+d1/d2 < 1/3, a near-exact copy); the other test is shown beside it.
+Models trained on their images upsampled (``--upsample K``) pair with the images before upsampling: nothing in
+the config says so, the models record it.
 A pair that cannot be loaded raises ``PairError`` saying what is wrong and how to fix it; other pairs are
 unaffected.
 """
@@ -45,6 +49,7 @@ from typing import Any
 from torch import nn
 
 from ambient.pair import OnDevice, Pair, PairProblem, assemble, check_models, read_sweep
+from ambient.verdicts import COPY_TESTS
 
 __all__ = ["ModelPair", "OnDevice", "PairError", "PairRegistry", "PairSpec", "load_config", "load_pair"]
 
@@ -54,7 +59,18 @@ HUB_PREFIX = "hub:"
 KINDS = ("edm", "diffusers", "latent")
 PATH_FIELDS = ("ambient", "baseline", "train_data", "index", "sweep", "sweep_plot", "frontier", "reference_data")
 LATENT_KEYS = ("embedder", "index_size", "trajectory_points", "needs_gpu")
-KNOWN_KEYS = {"name", "title", "kind", "text_model", "sigma_n", "description", "steps", *LATENT_KEYS, *PATH_FIELDS}
+KNOWN_KEYS = {
+    "name",
+    "title",
+    "kind",
+    "text_model",
+    "sigma_n",
+    "description",
+    "steps",
+    "copy_test",
+    *LATENT_KEYS,
+    *PATH_FIELDS,
+}
 DEFAULT_STEPS = 18
 MAX_STEPS = 200
 
@@ -104,6 +120,7 @@ class PairSpec:
     index_size: int | None = None
     trajectory_points: int | None = None
     needs_gpu: bool = False
+    copy_test: str = "similarity"  # the test behind the COPY marks: "similarity" or "ratio"
 
     @property
     def label(self) -> str:
@@ -205,6 +222,11 @@ def parse_config(data: Any, base_dir: str | Path, path: Path | None = None) -> P
                 or sigma_n <= 0
             ):
                 raise PairError(name, f'"sigma_n" must be a positive number, got {sigma_n!r}.', "Fix or remove it.")
+            copy_test = entry.get("copy_test", "similarity")
+            if copy_test not in COPY_TESTS:
+                raise PairError(
+                    name, f'"copy_test" must be one of {list(COPY_TESTS)}, got {copy_test!r}.', "Fix or remove it."
+                )
             for key in ("title", "text_model", "description"):
                 if entry.get(key) is not None and not isinstance(entry[key], str):
                     raise PairError(name, f'"{key}" must be a string.', "Write it as a JSON string.")
@@ -225,6 +247,7 @@ def parse_config(data: Any, base_dir: str | Path, path: Path | None = None) -> P
                     text_model=entry.get("text_model"),
                     sigma_n=None if sigma_n is None else float(sigma_n),
                     description=entry.get("description") or "",
+                    copy_test=copy_test,
                     config_path=path,
                     **extra,
                 )
@@ -476,6 +499,7 @@ def load_pair(
             )
     sweep, plot = _read_sweep(spec, policy, core.warnings)
     frontier, frontier_plot = _read_frontier(spec, policy, core.warnings, len(core.train))
+    core.copy_test = spec.copy_test
     fields = {k: v for k, v in core.__dict__.items() if k not in ("sweep", "reference")}
     return ModelPair(
         **fields,
@@ -544,6 +568,7 @@ def _load_latent(spec: PairSpec, policy: PathPolicy, device: str) -> ModelPair:
         sigma_n=spec.sigma_n or lp.sigma_n,
         regime="all",  # one network split at sigma_n: ambient.latent fine-tunes every noise level
         text_model="the pipelines' CLIP text encoder",
+        copy_test=spec.copy_test,
         sweep=sweep,
         device=device,
         warnings=warnings,

@@ -332,3 +332,26 @@ def test_device_banner_names_the_device_and_its_threads(monkeypatch):
     gpu = h.device_banner("cuda")
     assert "**GPU**" in gpu and "H200 &lt;NVL&gt;" in gpu and "CPU" not in gpu  # the name is escaped
     assert "**CPU**" in h.device_banner("cpu")
+
+
+def test_a_pair_can_mark_copies_by_the_ratio_test(tiny, tmp_path):
+    cfg = json.loads(tiny.read_text())
+    entry = cfg["pairs"][0]
+    for key in ("ambient", "baseline", "train_data", "index"):
+        entry[key] = str(tiny.parent / entry[key])
+    bad = {**entry, "name": "bad", "copy_test": "cosine"}
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps({"default": "tiny", "pairs": [{**entry, "copy_test": "ratio"}, bad]}))
+    reg = PairRegistry.from_path(path, allowed_dirs=[tiny.parent])
+    assert 'copy_test" must be one of' in str(reg.error("bad"))
+    H2 = Handlers(reg)
+    p = H2.pair("tiny")
+    p.baseline = Memorizer(p.train.images)
+    r = H2.generate("tiny", "", 5, 3, 12, 1.0, None, "handover")
+    assert all(h.sample_caption(s).startswith("COPY d1/d2 0.0") for s in r.baseline)
+    assert all(h.sample_caption(s).startswith("novel d1/d2") for s in r.ambient)  # noise is no near-exact copy
+    md = h.summary_markdown(r)
+    assert "**3 of 3** are copies (cosine > 0.95: 3 of 3)" in md and "ratio test of Gu et al." in md
+    assert h.result_json(r)["baseline"][0]["copy_test"] == "ratio"
+    check = h.check_markdown(H2.check_training_image("tiny", 2))
+    assert check.startswith("### COPY: training image") and "d1/d2 = 0.000 < 1/3" in check

@@ -347,8 +347,22 @@ def test_the_split_modules_are_what_neighbours_re_exports():
         np.testing.assert_array_equal(a, b)
 
 
-def test_verdict_is_copy_is_the_similarity_test():
+def test_verdict_is_copy_is_the_similarity_test_unless_the_ratio_test_is_primary():
     v = Verdict(neighbours=[], similarity=0.5, ratio=0.1, copy_by_similarity=False, copy_by_ratio=True)
     assert not v.is_copy
     v = Verdict(neighbours=[], similarity=0.99, ratio=0.9, copy_by_similarity=True, copy_by_ratio=False)
     assert v.is_copy
+    v = Verdict(neighbours=[], similarity=0.99, ratio=0.9, copy_by_similarity=True, copy_by_ratio=False, primary="ratio")
+    assert not v.is_copy  # close in cosine, but as near the second training image as the first: not a copy
+
+
+def test_the_ratio_test_as_primary_marks_near_exact_copies_only(pixel_index, train, heldout_40):
+    g = torch.Generator().manual_seed(4)
+    copies = train.images[[5, 100]] + 0.01 * torch.randn(2, 1, 32, 32, generator=g)
+    queries = torch.cat([copies, heldout_40.images])
+    by_ratio = pixel_index.verdicts(queries, k=1, primary="ratio")
+    by_sim = pixel_index.verdicts(queries, k=1)
+    assert [v.is_copy for v in by_ratio] == [True, True] + [False] * len(heldout_40)
+    assert [v.is_copy for v in by_sim] == [v.copy_by_similarity for v in by_ratio]  # the same figures, another test
+    with pytest.raises(ValueError, match="copy test must be one of"):
+        pixel_index.verdicts(queries, primary="cosine")
