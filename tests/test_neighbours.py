@@ -352,7 +352,9 @@ def test_verdict_is_copy_is_the_similarity_test_unless_the_ratio_test_is_primary
     assert not v.is_copy
     v = Verdict(neighbours=[], similarity=0.99, ratio=0.9, copy_by_similarity=True, copy_by_ratio=False)
     assert v.is_copy
-    v = Verdict(neighbours=[], similarity=0.99, ratio=0.9, copy_by_similarity=True, copy_by_ratio=False, primary="ratio")
+    v = Verdict(
+        neighbours=[], similarity=0.99, ratio=0.9, copy_by_similarity=True, copy_by_ratio=False, primary="ratio"
+    )
     assert not v.is_copy  # close in cosine, but as near the second training image as the first: not a copy
 
 
