@@ -5,8 +5,8 @@ nearest-neighbour index, the sigma range both cover, the Ambient model's trainin
 regime (so the right sampling cutoff can be chosen), and optionally the shipped sigma_c sweep and
 held-out reference images. Models trained on their images upsampled (``--upsample K``: each pixel repeated,
 a finer noise grid over the same content) sample at K times the side; ``Pair.to_data`` averages their
-images back to the training images' size, where they are searched, scored and shown. Anything inconsistent raises ``PairProblem``, which says what is wrong and how
-to fix it.
+images back to the training images' size, where they are searched, scored and shown. Anything inconsistent
+raises ``PairProblem``, which says what is wrong and how to fix it.
 """
 
 from __future__ import annotations

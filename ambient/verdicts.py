@@ -45,8 +45,8 @@ class Verdict:
     """What the index says about one sample.
 
     ``is_copy`` is the ``primary`` test: the similarity test by default, or the pixel ratio test of Gu et al.;
-    both are always reported (``copy_by_similarity``, ``copy_by_ratio``). ``ratio`` is NaN (and ``copy_by_ratio`` False)
-    where it cannot be computed: an index without images, or a training set of one image.
+    both are always reported (``copy_by_similarity``, ``copy_by_ratio``). ``ratio`` is NaN (and
+    ``copy_by_ratio`` False) where it cannot be computed: an index without images, or a training set of one image.
     """
 
     neighbours: list[Neighbour]  # top-k, best first
