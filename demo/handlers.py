@@ -663,7 +663,7 @@ def sample_caption(s: Sample) -> str:
     """Caption under a generated image: the copy mark and the figure of the test behind it."""
     v = s.verdict
     mark = "COPY" if v.is_copy else "novel"
-    return f"{mark} d1/d2 {float(v.ratio):.2f}" if v.primary == "ratio" else f"{mark} {float(v.similarity):.2f}"
+    return f"{mark} r={float(v.ratio):.2f}" if v.primary == "ratio" else f"{mark} {float(v.similarity):.2f}"
 
 
 def gallery_items(result: GenerateResult, side: str) -> list[tuple[Image.Image, str]]:
@@ -836,7 +836,8 @@ def copy_rule(primary: str, metric: str, threshold: float) -> str:
     ratio = "pixel distance to the nearest training image under a third of the distance to the second nearest"
     if primary == "ratio":
         return (
-            f"A **copy** is an image with its {ratio} (the ratio test of Gu et al.: a near-exact copy). The {metric} "
+            f"A **copy** is an image with its {ratio} (the ratio test of Gu et al., r = d1/d2 < 1/3: a near-exact "
+            f"copy; r is under each image). The {metric} "
             f"of the nearest (copy above {threshold:g}) is shown for comparison."
         )
     return (

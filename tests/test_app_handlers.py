@@ -348,8 +348,8 @@ def test_a_pair_can_mark_copies_by_the_ratio_test(tiny, tmp_path):
     p = H2.pair("tiny")
     p.baseline = Memorizer(p.train.images)
     r = H2.generate("tiny", "", 5, 3, 12, 1.0, None, "handover")
-    assert all(h.sample_caption(s).startswith("COPY d1/d2 0.0") for s in r.baseline)
-    assert all(h.sample_caption(s).startswith("novel d1/d2") for s in r.ambient)  # noise is no near-exact copy
+    assert all(h.sample_caption(s).startswith("COPY r=0.0") for s in r.baseline)
+    assert all(h.sample_caption(s).startswith("novel r=") for s in r.ambient)  # noise is no near-exact copy
     md = h.summary_markdown(r)
     assert "**3 of 3** are copies (cosine > 0.95: 3 of 3)" in md and "ratio test of Gu et al." in md
     assert h.result_json(r)["baseline"][0]["copy_test"] == "ratio"
