@@ -156,9 +156,9 @@ def check_models(
 
 
 def recorded_upsample(model: Any) -> int:
-    """The upsampling factor a model was trained at, from its config meta (1 when it records none)."""
+    """The upsampling factor a model was trained at, from its config meta's ``train_config`` (1 when none)."""
     meta = getattr(model, "meta", {}) or {}
-    k = (meta.get("train_config") or {}).get("upsample", meta.get("upsample", 1))
+    k = (meta.get("train_config") or {}).get("upsample", 1)
     return k if isinstance(k, int) and not isinstance(k, bool) and k >= 1 else 1
 
 
