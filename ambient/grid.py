@@ -14,7 +14,9 @@ and the others go on. The file::
                "eval": {"baseline": "baseline", "sigma_c": 0.5}}]}
 
 ``eval.baseline`` names another run of the grid (its exported model) or a model folder. ``eval.every`` and
-``eval.min_step`` limit the scored snapshots to multiples of ``every`` from ``min_step`` on.
+``eval.min_step`` limit the scored snapshots to multiples of ``every`` from ``min_step`` on. ``eval.prompts``
+is ``"classes"`` (the default: prompts spread over the classes) or ``"empty"`` (every sample unconditional, as
+the app's Generate with its empty default prompt).
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from typing import Any
 
 import torch
 
+from ambient.studies import PROMPT_PLANS
 from ambient.training import TrainConfig
 
-EVAL_KEYS = {"n", "steps", "seed", "baseline", "sigma_c", "mode", "every", "min_step"}
+EVAL_KEYS = {"n", "steps", "seed", "baseline", "sigma_c", "mode", "every", "min_step", "prompts"}
 
 
 @dataclasses.dataclass
@@ -70,6 +73,8 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[GridRun]]:
         bad = set(ev) - EVAL_KEYS
         if bad:
             raise ValueError(f"run {r['name']!r}: unknown eval settings {sorted(bad)}; known: {sorted(EVAL_KEYS)}")
+        if ev.get("prompts", "classes") not in PROMPT_PLANS:
+            raise ValueError(f"run {r['name']!r}: eval prompts must be one of {list(PROMPT_PLANS)}, got {ev['prompts']!r}")
         if ev.get("baseline") in names and ev["baseline"] == r["name"]:
             raise ValueError(f"run {r['name']!r} cannot hand over to itself")
         cfg = TrainConfig(**{**train, "out": str(runs_dir / r["name"]), "progress": False})
@@ -184,6 +189,7 @@ def evaluate_run(spec: dict[str, Any], run: GridRun, runs: Sequence[GridRun], er
             ev["every"],
             ev.get("min_step", 0),  # not a default in ev: studies scored before it existed keep their settings
             done,
+            prompts=ev.get("prompts", "classes"),  # likewise
         )
         study["rows"] = sorted(rows + new, key=lambda r: -1 if r["step"] is None else r["step"])
         if not _finished(run.config):  # scored with --no-train before training ended: say how far it got

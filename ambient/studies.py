@@ -46,6 +46,9 @@ def snapshots(run: Path) -> list[Path]:
     return snaps
 
 
+PROMPT_PLANS = ("classes", "empty")
+
+
 def score_run(
     run: Path,
     baseline: Any = None,
@@ -58,10 +61,13 @@ def score_run(
     min_step: int = 0,
     done: Iterable[int | None] = (),
     log: Callable[[str], None] = print,
+    prompts: str = "classes",
 ) -> list[dict[str, Any]]:
     """Rows for the run's snapshots not in ``done`` (steps), plus its held-out reference row (step None).
 
-    ``baseline`` (a denoiser) takes over below ``sigma_c`` in hand-over mode, as in the app.
+    ``baseline`` (a denoiser) takes over below ``sigma_c`` in hand-over mode, as in the app. ``prompts`` is
+    ``"classes"`` (spread over the classes, as every evaluation) or ``"empty"`` (all unconditional, as the
+    app's default prompt).
     """
     from ambient.data import balanced_subset, load_fashion_mnist, training_set_of
     from ambient.denoiser import load_denoiser
@@ -70,6 +76,8 @@ def score_run(
 
     if n < 2:
         raise ValueError("a study needs at least 2 samples a snapshot")
+    if prompts not in PROMPT_PLANS:
+        raise ValueError(f"prompts must be one of {sorted(PROMPT_PLANS)}, got {prompts!r}")
     done = set(done)
     rows: list[dict[str, Any]] = []
     ctx: dict[str, Any] = {}
@@ -86,8 +94,11 @@ def score_run(
             if None not in done:
                 r = score_samples(held_out, ctx["index"], ref.labels[n:].tolist(), ctx["reference"])
                 rows.append({"run": str(run), "n_train": len(train), "step": None, "samples": "held-out", **r})
-            prompts, ctx["ids"] = prompt_plan(n, model.meta.get("class_names"))
-            ctx["cond"] = encode_prompts(prompts, model.meta.get("text_model"), model.cond_dim)
+            if prompts == "empty":
+                texts, ctx["ids"] = [""] * n, [-1] * n
+            else:
+                texts, ctx["ids"] = prompt_plan(n, model.meta.get("class_names"))
+            ctx["cond"] = encode_prompts(texts, model.meta.get("text_model"), model.cond_dim)
             ctx["n_train"] = len(train)
         size = ctx["reference"].shape[-1]  # an upsampled run is scored at its data's size
         x = generate(

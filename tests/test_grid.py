@@ -117,3 +117,21 @@ def test_recorded_commands_can_be_run_again_by_a_shell():
 
     argv = ["scripts/band_probe.py", "--config", "all baseline=baseline@0", "--title", "it's 64 x 64"]
     assert shlex.split(command_line(argv)) == ["python", *argv]
+
+
+def test_eval_prompts_empty_scores_unconditional_samples_as_the_app_default(tmp_path):
+    with pytest.raises(ValueError, match="eval prompts must be one of"):
+        load_grid(_grid(tmp_path, [{"name": "a", "eval": {"prompts": "none"}}]))
+    runs = [{"name": "c", "train": {"loss": "baseline"}}, {"name": "u", "train": {"loss": "baseline"}}]
+    path = _grid(tmp_path, runs, steps=2)  # text-conditional (the default text model)
+    run_grid(path, jobs=1, threads=1, only=["c"])
+    spec = json.loads(path.read_text())
+    spec["runs"][1]["train"]["seed"] = 0
+    spec["runs"][1]["eval"] = {"prompts": "empty"}
+    path.write_text(json.dumps(spec))
+    (out,) = run_grid(path, jobs=1, threads=1, only=["u"])
+    empty, classes = json.loads(out.read_text()), json.loads((out.parent / "c.json").read_text())
+    assert empty["eval"]["prompts"] == "empty" and "prompts" not in classes["eval"]  # older studies keep theirs
+    assert "prompt_fidelity" in classes["rows"][1] and "prompt_fidelity" not in empty["rows"][1]  # no class asked
+    # The same weights (same seed and data), other conditioning: other samples, so other scores.
+    assert empty["rows"][1]["frechet_distance"] != classes["rows"][1]["frechet_distance"]
