@@ -74,7 +74,9 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[GridRun]]:
         if bad:
             raise ValueError(f"run {r['name']!r}: unknown eval settings {sorted(bad)}; known: {sorted(EVAL_KEYS)}")
         if ev.get("prompts", "classes") not in PROMPT_PLANS:
-            raise ValueError(f"run {r['name']!r}: eval prompts must be one of {list(PROMPT_PLANS)}, got {ev['prompts']!r}")
+            raise ValueError(
+                f"run {r['name']!r}: eval prompts must be one of {list(PROMPT_PLANS)}, got {ev['prompts']!r}"
+            )
         if ev.get("baseline") in names and ev["baseline"] == r["name"]:
             raise ValueError(f"run {r['name']!r} cannot hand over to itself")
         cfg = TrainConfig(**{**train, "out": str(runs_dir / r["name"]), "progress": False})
