@@ -82,8 +82,14 @@ def _point(row: dict[str, Any], label: str, study: str, kind: str) -> dict[str, 
     }
 
 
-def load_points(studies: Iterable[str | Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Frontier points (one per scored snapshot) and the runs that failed or are unfinished, from study JSON files."""
+def load_points(
+    studies: Iterable[str | Path], prompts: str = "classes"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Frontier points (one per scored snapshot) and the runs that failed or are unfinished, from study JSON files.
+
+    Only studies scored with the ``prompts`` plan (``"classes"`` or ``"empty"``) are read: an unconditional
+    sample's Frechet distance is not on the same scale as a prompted one's, so the two never share a frontier.
+    """
     files: list[Path] = []
     for s in studies:
         s = Path(s)
@@ -91,6 +97,8 @@ def load_points(studies: Iterable[str | Path]) -> tuple[list[dict[str, Any]], li
     points, failed = [], []
     for f in files:
         data = json.loads(f.read_text())
+        if (data.get("eval") or {}).get("prompts", "classes") != prompts:
+            continue
         if data.get("status") in ("failed", "unfinished"):  # a run that did not finish: listed, with what it scored
             failed.append({"study": str(f), "label": describe_config(data["config"], data.get("eval")), **data})
         rows = data.get("rows")

@@ -149,3 +149,17 @@ def test_a_failed_run_without_rows_is_still_listed(tmp_path):
     points, failed = frontier.load_points([tmp_path])
     assert [(p["step"], p["kind"]) for p in points] == [(2000, "baseline")]  # its snapshots count as points
     assert sorted(f["status"] for f in failed) == ["failed", "unfinished"]
+
+
+def test_prompted_and_unconditional_studies_never_share_a_frontier(tmp_path):
+    def study(prompts, fd):
+        row = {"run": "runs/b", "n_train": 100, "step": 2000, "n": 8, "rate_ratio": 0.25, "frechet_distance": fd}
+        row["rate_similarity"] = {"0.95": 0.5}
+        ev = {"n": 8} | ({"prompts": prompts} if prompts else {})
+        return {"status": "ok", "config": {"loss": "baseline"}, "eval": ev, "rows": [row]}
+
+    (tmp_path / "old.json").write_text(json.dumps(study(None, 3.0)))  # scored before the setting: prompted
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "b.json").write_text(json.dumps(study("empty", 6.0)))
+    assert [p["frechet_distance"] for p in frontier.load_points([tmp_path])[0]] == [3.0]
+    assert [p["frechet_distance"] for p in frontier.load_points([tmp_path], prompts="empty")[0]] == [6.0]
