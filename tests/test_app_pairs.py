@@ -155,7 +155,7 @@ def test_config_file_problems_leave_an_empty_registry_with_the_reason(tmp_path):
 
 def test_shipped_config_names_the_embedded_pair():
     cfg = load_config(ROOT / "assets" / "pairs.json")
-    assert cfg.errors == {} and cfg.default == cfg.specs[0].name == "fmnist-100-64"  # listed first in the menu
+    assert cfg.errors == {} and cfg.default == cfg.specs[0].name == "fmnist-100-64-seed1"  # listed first in the menu
     spec = cfg.specs[0]
     assert spec.kind == "edm" and spec.index and spec.sweep and spec.sweep_plot and spec.text_model
 
