@@ -163,3 +163,5 @@ def test_prompted_and_unconditional_studies_never_share_a_frontier(tmp_path):
     (tmp_path / "empty" / "b.json").write_text(json.dumps(study("empty", 6.0)))
     assert [p["frechet_distance"] for p in frontier.load_points([tmp_path])[0]] == [3.0]
     assert [p["frechet_distance"] for p in frontier.load_points([tmp_path], prompts="empty")[0]] == [6.0]
+    with pytest.raises(ValueError, match="prompts must be one of"):
+        frontier.load_points([tmp_path], prompts="uncond")
