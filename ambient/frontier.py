@@ -90,10 +90,9 @@ def load_points(
     Only studies scored with the ``prompts`` plan (``"classes"`` or ``"empty"``) are read: an unconditional
     sample's Frechet distance is not on the same scale as a prompted one's, so the two never share a frontier.
     """
-    from ambient.studies import PROMPT_PLANS
+    from ambient.studies import check_prompt_plan
 
-    if prompts not in PROMPT_PLANS:
-        raise ValueError(f"prompts must be one of {list(PROMPT_PLANS)}, got {prompts!r}")
+    check_prompt_plan(prompts)
     files: list[Path] = []
     for s in studies:
         s = Path(s)

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ambient.studies import PROMPT_PLANS
+from ambient.studies import check_prompt_plan
 from ambient.training import TrainConfig
 
 EVAL_KEYS = {"n", "steps", "seed", "baseline", "sigma_c", "mode", "every", "min_step", "prompts"}
@@ -73,10 +73,10 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[GridRun]]:
         bad = set(ev) - EVAL_KEYS
         if bad:
             raise ValueError(f"run {r['name']!r}: unknown eval settings {sorted(bad)}; known: {sorted(EVAL_KEYS)}")
-        if ev.get("prompts", "classes") not in PROMPT_PLANS:
-            raise ValueError(
-                f"run {r['name']!r}: eval prompts must be one of {list(PROMPT_PLANS)}, got {ev['prompts']!r}"
-            )
+        try:
+            check_prompt_plan(ev.get("prompts", "classes"))
+        except ValueError as e:
+            raise ValueError(f"run {r['name']!r}: eval {e}") from e
         if ev.get("baseline") in names and ev["baseline"] == r["name"]:
             raise ValueError(f"run {r['name']!r} cannot hand over to itself")
         cfg = TrainConfig(**{**train, "out": str(runs_dir / r["name"]), "progress": False})

@@ -49,6 +49,13 @@ def snapshots(run: Path) -> list[Path]:
 PROMPT_PLANS = ("classes", "empty")
 
 
+def check_prompt_plan(prompts: str) -> str:
+    """The prompt plan, if it is one of PROMPT_PLANS; else a ValueError that lists them."""
+    if prompts not in PROMPT_PLANS:
+        raise ValueError(f"prompts must be one of {list(PROMPT_PLANS)}, got {prompts!r}")
+    return prompts
+
+
 def score_run(
     run: Path,
     baseline: Any = None,
@@ -76,8 +83,7 @@ def score_run(
 
     if n < 2:
         raise ValueError("a study needs at least 2 samples a snapshot")
-    if prompts not in PROMPT_PLANS:
-        raise ValueError(f"prompts must be one of {sorted(PROMPT_PLANS)}, got {prompts!r}")
+    check_prompt_plan(prompts)
     done = set(done)
     rows: list[dict[str, Any]] = []
     ctx: dict[str, Any] = {}
