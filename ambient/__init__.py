@@ -1,10 +1,10 @@
 """Ambient Explorer: Ambient Diffusion vs. baseline EDM, memorization made visible."""
 
+from ambient.cutoff import HandOverDenoiser
 from ambient.denoiser import DDPMAdapter, EDMDenoiser, build_unet
 from ambient.losses import ambient_loss, edm_loss, fixed_noise
 from ambient.sampling import (
     CFGDenoiser,
-    HandOverDenoiser,
     initial_noise,
     karras_sigmas,
     sample,

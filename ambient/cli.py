@@ -26,6 +26,7 @@ TRAIN_HELP: dict[str, str] = {
     "batch": "images per step (split across processes under torchrun)",
     "lr": "peak learning rate",
     "warmup": "steps of linear learning-rate warm-up",
+    "lr_decay": "learning rate after warm-up: 'none' (constant) or 'cosine' (down to 0 at --steps)",
     "ema": "decay of the exponential moving average of the weights (the exported model is the average)",
     "seed": "seed of the initial weights, batches, noise levels and each training image's fixed noise",
     "text_model": "sentence encoder of the class captions, or 'none' for an unconditional model",
@@ -157,7 +158,7 @@ def _run_index(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ambient.data import load_dataset, training_set_of
-    from ambient.neighbours import TrainingSetIndex
+    from ambient.memorization.neighbours import TrainingSetIndex
 
     ds = training_set_of(args.model) if args.model else load_dataset(args.data)
     out = Path(args.out)
@@ -222,7 +223,7 @@ def _add_grid(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_grid(args: argparse.Namespace) -> int:
-    from ambient.grid import run_grid
+    from ambient.research.grid import run_grid
 
     for path in run_grid(args.file, args.jobs, args.only, args.train, args.evaluate, args.threads):
         print(f"study -> {path}")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 MODES = ("handover", "truncate")
 
@@ -128,8 +129,6 @@ class Cutoff:
             raise ValueError(f"a hand-over at sigma_c = {self.sigma_c:g} needs a baseline model")
         if self.is_baseline_alone:
             return baseline
-        from ambient.sampling import HandOverDenoiser
-
         return HandOverDenoiser(ambient, baseline, self.sigma_c)
 
     def label(self) -> str:
@@ -156,3 +155,27 @@ class Cutoff:
         if sc is None or (sigma_max is not None and float(sc) > sigma_max):
             return cls.baseline_alone()
         return cls(float(sc), "handover")
+
+
+class HandOverDenoiser(nn.Module):
+    """Routes each row by its sigma: ``high`` for sigma >= sigma_c, ``low`` below."""
+
+    def __init__(self, high: Callable[..., torch.Tensor], low: Callable[..., torch.Tensor], sigma_c: float):
+        super().__init__()
+        self.high, self.low, self.sigma_c = high, low, Cutoff(sigma_c).sigma_c
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Call the model that owns each row's sigma (one call when the whole batch has one owner)."""
+        s = torch.as_tensor(sigma, device=x.device).flatten()
+        if s.numel() == 1:
+            return (self.high if float(s) >= self.sigma_c else self.low)(x, sigma, cond)
+        if s.numel() != len(x):
+            raise ValueError(f"got {s.numel()} sigmas for a batch of {len(x)}")
+        high = s >= self.sigma_c
+        if bool(high.all()) or not bool(high.any()):
+            return (self.high if bool(high.all()) else self.low)(x, sigma, cond)
+        out = torch.empty_like(x)
+        for mask, model in ((high, self.high), (~high, self.low)):
+            c = None if cond is None else cond[mask]
+            out[mask] = model(x[mask], s[mask], c).to(out.dtype)
+        return out

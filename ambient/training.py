@@ -45,6 +45,7 @@ class TrainConfig:
     batch: int = 64
     lr: float = 2e-4
     warmup: int = 200
+    lr_decay: str = "none"  # none | cosine (from the peak after warm-up down to 0 at `steps`)
     ema: float = 0.999
     seed: int = 0
     text_model: str | None = "all-MiniLM-L6-v2"
@@ -91,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
         if self.weight_decay < 0 or self.p_std <= 0:
             raise ValueError("weight_decay must be >= 0 and p_std > 0")
+        if self.lr_decay not in ("none", "cosine"):
+            raise ValueError(f"lr_decay must be 'none' or 'cosine', not {self.lr_decay!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
         for name in ("steps", "batch", "n", "checkpoint_every", "log_every"):
@@ -114,6 +117,15 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     if precision == "fp32":
         return False
     return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of a step: linear warm-up to ``cfg.lr``, then constant or a cosine down to 0 at ``steps``."""
+    lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+    if cfg.lr_decay == "cosine" and step >= cfg.warmup:
+        t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+    return lr
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -239,7 +251,17 @@ class Trainer:
         state = json.loads((ck / "state.json").read_text())
         saved = state["config"]
         keys = ("loss", "sigma_n", "regime", "n", "subset_seed", "seed", "batch", "block_out_channels")
-        later = ("time_scale_shift", "dropout", "weight_decay", "p_mean", "p_std", "high_weight", "upsample", "patch")
+        later = (
+            "time_scale_shift",
+            "dropout",
+            "weight_decay",
+            "p_mean",
+            "p_std",
+            "high_weight",
+            "upsample",
+            "patch",
+            "lr_decay",
+        )
         defaults = TrainConfig()
         for k in (*keys, "layers_per_block", "text_model", "data", "image_size", *later):
             # settings added after a checkpoint was written default to what that checkpoint used
@@ -306,7 +328,7 @@ class Trainer:
         net = self.ddp if self.ddp is not None else self.forward
         if self.cfg.dropout:  # dropout masks from (seed, rank, step) alone, so a resumed run is exact
             torch.manual_seed((self.cfg.seed * 1_000_003 + self.rank) * 10_000_019 + self.step + 0xD0)
-        lr = self.cfg.lr * min(1.0, (self.step + 1) / max(1, self.cfg.warmup))
+        lr = learning_rate(self.cfg, self.step)
         for group in self.opt.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):

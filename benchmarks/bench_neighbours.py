@@ -1,4 +1,4 @@
-"""4. Neighbour search: latency and queries/s of ``ambient.neighbours.TrainingSetIndex.search_embeddings`` over 300,
+"""4. Neighbour search: latency and queries/s of ``ambient.memorization.neighbours.TrainingSetIndex.search_embeddings`` over 300,
 60,000 and 1,000,000 vectors, exact (``kind="flat"``) against approximate (``kind="ivf"``), with recall@1 of the
 approximate one against the exact one on the same queries, and an nprobe sweep.
 
@@ -61,7 +61,7 @@ def _fashion_mnist() -> tuple[Any, Any] | None:
 def pixel_data(n: int, n_queries: int) -> tuple[Any, Any, str] | None:
     """Pixel embeddings of n Fashion-MNIST training images and of held-out test queries (None without the data)."""
     from ambient.data import balanced_subset
-    from ambient.neighbours import PixelEmbedder
+    from ambient.memorization.neighbours import PixelEmbedder
 
     if _fashion_mnist() is None:
         return None
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     threads = common.set_threads(args.threads)
     env = common.env_info(threads)
-    from ambient.neighbours import TrainingSetIndex
+    from ambient.memorization.neighbours import TrainingSetIndex
 
     quick = args.quick
     sizes = (

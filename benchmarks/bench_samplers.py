@@ -15,7 +15,7 @@ Arms, all from the same starting noise (``ambient.sampling.initial_noise``), bat
   (no text projection; the time per image does not depend on the weights).
 
 Quality: mean |difference| between each arm and ours from the same noise, the error of each arm against a
-converged ODE solution (our Heun with many steps), and the Frechet distance (``ambient.metrics.frechet_report``) of our
+converged ODE solution (our Heun with many steps), and the Frechet distance (``ambient.memorization.metrics.frechet_report``) of our
 Heun samples against held-out Fashion-MNIST test images next to the held-out floor. ``--ddpm-quality-n N`` also
 samples N images with a 1,000-step DDPM loop over our denoiser converted to epsilon prediction (slow: 1,000 NFE per
 image) and compares Frechet distances at equal N.
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
 
     from ambient.evaluate import encode_prompts, prompt_plan
-    from ambient.metrics import frechet_report
+    from ambient.memorization.metrics import frechet_report
     from ambient.sampling import initial_noise, nfe, sample
 
     quick = args.quick

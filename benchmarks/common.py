@@ -268,7 +268,7 @@ def _write_fallback_pair(folder: Path) -> Path:
     import torch
 
     from ambient.denoiser import build_unet
-    from ambient.neighbours import TrainingSetIndex
+    from ambient.memorization.neighbours import TrainingSetIndex
     from demo.tiny_pair import _images  # Fashion-MNIST subset, or synthetic blobs without the data set
 
     root = folder / "fallback"

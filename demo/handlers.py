@@ -213,7 +213,7 @@ class Sample:
 
     seed: int
     image: np.ndarray  # uint8 (H, W, C)
-    verdict: Any  # ambient.neighbours.Verdict
+    verdict: Any  # ambient.memorization.neighbours.Verdict
     trajectory: list[dict[str, float]] = field(default_factory=list)  # sigma, similarity, position, model
 
 
@@ -582,7 +582,7 @@ class Handlers:
 
     def precomputed_frontier(self, pair: str | None) -> tuple[str, Image.Image | None]:
         """The quality-memorization frontier shipped with the pair: what it says, and its plot."""
-        from ambient.frontier import summary
+        from ambient.research.frontier import summary
 
         p = self.pair(pair)
         if not p.frontier:

@@ -48,8 +48,8 @@ from typing import Any
 
 from torch import nn
 
+from ambient.memorization.verdicts import COPY_TESTS
 from ambient.pair import OnDevice, Pair, PairProblem, assemble, check_models, read_sweep
-from ambient.verdicts import COPY_TESTS
 
 __all__ = ["ModelPair", "OnDevice", "PairError", "PairRegistry", "PairSpec", "load_config", "load_pair"]
 
@@ -454,7 +454,7 @@ def _read_sweep(spec: PairSpec, policy: PathPolicy, warnings: list[str]) -> tupl
 def _read_frontier(
     spec: PairSpec, policy: PathPolicy, warnings: list[str], n_train: int
 ) -> tuple[dict[str, Any] | None, Path | None]:
-    from ambient.frontier import read_frontier
+    from ambient.research.frontier import read_frontier
 
     if not spec.frontier:
         return None, None

@@ -46,7 +46,7 @@ def make_tiny_pair(
     recorded as trained on the images upsampled (as ``--upsample K --patch K``); ``train.npz`` stays 32 x 32.
     """
     from ambient.denoiser import build_unet
-    from ambient.neighbours import TrainingSetIndex
+    from ambient.memorization.neighbours import TrainingSetIndex
 
     folder = Path(folder)
     root = folder / name

@@ -22,8 +22,8 @@ import torch  # noqa: E402
 
 from ambient.data import balanced_subset, load_fashion_mnist  # noqa: E402
 from ambient.evaluate import write_json  # noqa: E402
-from ambient.metrics import bootstrap_rate_ci, frechet_report  # noqa: E402
-from ambient.studies import command_line, git_commit  # noqa: E402
+from ambient.memorization.metrics import bootstrap_rate_ci, frechet_report  # noqa: E402
+from ambient.research.studies import command_line, git_commit  # noqa: E402
 from demo.handlers import MAX_IMAGES, Handlers  # noqa: E402
 from demo.pairs import PairRegistry  # noqa: E402
 

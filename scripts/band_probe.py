@@ -27,9 +27,9 @@ import torch  # noqa: E402
 from ambient.data import balanced_subset, downsample_pixels, load_fashion_mnist, load_npz  # noqa: E402
 from ambient.denoiser import load_denoiser  # noqa: E402
 from ambient.evaluate import encode_prompts, prompt_plan, score_samples, write_json  # noqa: E402
-from ambient.neighbours import TrainingSetIndex  # noqa: E402
+from ambient.memorization.neighbours import TrainingSetIndex  # noqa: E402
+from ambient.research.studies import command_line, git_commit  # noqa: E402
 from ambient.sampling import BandDenoiser, sample  # noqa: E402
-from ambient.studies import command_line, git_commit  # noqa: E402
 
 
 def parse_config(text: str) -> tuple[str, list[tuple[float, str]]]:

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from ambient.denoiser import load_denoiser  # noqa: E402
 from ambient.evaluate import write_json  # noqa: E402
-from ambient.studies import command_line, score_run  # noqa: E402
+from ambient.research.studies import command_line, score_run  # noqa: E402
 
 SAME = ("n", "steps", "seed", "baseline", "sigma_c", "mode")  # settings that rows of one file must share
 

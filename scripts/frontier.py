@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ambient import frontier  # noqa: E402
 from ambient.evaluate import write_json  # noqa: E402
-from ambient.studies import command_line, git_commit  # noqa: E402
+from ambient.research import frontier  # noqa: E402
+from ambient.research.studies import command_line, git_commit  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

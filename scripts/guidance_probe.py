@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ambient.cutoff import Cutoff  # noqa: E402
 from ambient.data import balanced_subset, load_fashion_mnist  # noqa: E402
 from ambient.evaluate import encode_prompts, generate, prompt_plan, score_samples, write_json  # noqa: E402
-from ambient.metrics import bootstrap_rate_ci  # noqa: E402
-from ambient.studies import command_line, git_commit  # noqa: E402
+from ambient.memorization.metrics import bootstrap_rate_ci  # noqa: E402
+from ambient.research.studies import command_line, git_commit  # noqa: E402
 from demo.pairs import PairRegistry  # noqa: E402
 
 

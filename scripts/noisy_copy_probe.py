@@ -24,9 +24,9 @@ from ambient.data import balanced_subset, load_fashion_mnist, training_set_of  #
 from ambient.denoiser import load_denoiser  # noqa: E402
 from ambient.evaluate import encode_prompts, prompt_plan, write_json  # noqa: E402
 from ambient.losses import fixed_noise  # noqa: E402
-from ambient.neighbours import TrainingSetIndex  # noqa: E402
+from ambient.memorization.neighbours import TrainingSetIndex  # noqa: E402
+from ambient.research.studies import command_line  # noqa: E402
 from ambient.sampling import initial_noise, karras_sigmas, sample_heun, truncate_sigmas  # noqa: E402
-from ambient.studies import command_line  # noqa: E402
 
 
 def ratio_rate(x: torch.Tensor, points: torch.Tensor, threshold: float = 1 / 3) -> tuple[float, float]:

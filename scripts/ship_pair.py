@@ -28,8 +28,8 @@ import torch  # noqa: E402
 from ambient.data import training_set_of  # noqa: E402
 from ambient.denoiser import CARD_NAME, EDMDenoiser, is_model_dir  # noqa: E402
 from ambient.evaluate import evaluate_pair  # noqa: E402
-from ambient.neighbours import TrainingSetIndex  # noqa: E402
-from ambient.studies import command_line  # noqa: E402
+from ambient.memorization.neighbours import TrainingSetIndex  # noqa: E402
+from ambient.research.studies import command_line  # noqa: E402
 
 DATA_NOTE = """# Training images: Fashion-MNIST subset
 

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from ambient.classifier import DEFAULT_CLASSIFIER_DIR, train_classifier  # noqa: E402
+from ambient.memorization.classifier import DEFAULT_CLASSIFIER_DIR, train_classifier  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,8 @@ import torch  # noqa: E402
 from ambient.data import balanced_subset, load_fashion_mnist, load_npz  # noqa: E402
 from ambient.denoiser import load_denoiser  # noqa: E402
 from ambient.evaluate import encode_prompts, generate, prompt_plan, score_samples, write_json  # noqa: E402
-from ambient.neighbours import TrainingSetIndex  # noqa: E402
-from ambient.studies import command_line  # noqa: E402
+from ambient.memorization.neighbours import TrainingSetIndex  # noqa: E402
+from ambient.research.studies import command_line  # noqa: E402
 
 P = Path(sys.argv[1] if len(sys.argv) > 1 else "assets/fmnist-100")
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 200

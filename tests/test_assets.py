@@ -8,7 +8,7 @@ import torch
 
 from ambient.data import load_npz
 from ambient.denoiser import EDMDenoiser
-from ambient.neighbours import TrainingSetIndex
+from ambient.memorization.neighbours import TrainingSetIndex
 from ambient.sampling import sample
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"

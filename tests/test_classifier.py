@@ -1,19 +1,19 @@
-"""The Fashion-MNIST classifier: persistence, the shipped weights, training (ambient.classifier)."""
+"""The Fashion-MNIST classifier: persistence, the shipped weights, training (ambient.memorization.classifier)."""
 
 import json
 
 import pytest
 import torch
 
-import ambient.classifier as clf
-from ambient.classifier import (
+import ambient.memorization.classifier as clf
+from ambient.data import FASHION_MNIST_CLASSES, load_fashion_mnist
+from ambient.memorization.classifier import (
     DEFAULT_CLASSIFIER_DIR,
     FashionClassifier,
     accuracy,
     load_default_classifier,
     train_classifier,
 )
-from ambient.data import FASHION_MNIST_CLASSES, load_fashion_mnist
 
 
 def test_round_trip_gives_identical_logits_and_config(tmp_path):

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from ambient.cutoff import Cutoff
-from ambient.sampling import HandOverDenoiser, karras_sigmas, nfe
+from ambient.cutoff import Cutoff, HandOverDenoiser
+from ambient.sampling import karras_sigmas, nfe
 
 
 def test_the_two_ends_are_explicit():

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ambient import frontier
-from ambient.metrics import bootstrap_rate_ci
+from ambient.memorization.metrics import bootstrap_rate_ci
+from ambient.research import frontier
 
 PAIR = Path(__file__).resolve().parents[1] / "assets" / "fmnist-100"
 

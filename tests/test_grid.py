@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ambient.grid import load_grid, run_grid, train_command
+from ambient.research.grid import load_grid, run_grid, train_command
 from ambient.training import TrainConfig
 
 
@@ -113,7 +113,7 @@ def test_a_run_scored_before_its_training_ends_is_recorded_as_unfinished(tmp_pat
 def test_recorded_commands_can_be_run_again_by_a_shell():
     import shlex
 
-    from ambient.studies import command_line
+    from ambient.research.studies import command_line
 
     argv = ["scripts/band_probe.py", "--config", "all baseline=baseline@0", "--title", "it's 64 x 64"]
     assert shlex.split(command_line(argv)) == ["python", *argv]

@@ -1,13 +1,13 @@
-"""Memorization rates, the Frechet distance and prompt fidelity (ambient.metrics)."""
+"""Memorization rates, the Frechet distance and prompt fidelity (ambient.memorization.metrics)."""
 
 import numpy as np
 import pytest
 import torch
 from scipy import linalg
 
-from ambient.classifier import load_default_classifier
 from ambient.data import balanced_subset, load_fashion_mnist
-from ambient.metrics import (
+from ambient.memorization.classifier import load_default_classifier
+from ambient.memorization.metrics import (
     frechet_distance,
     frechet_report,
     held_out_reference,
@@ -15,7 +15,7 @@ from ambient.metrics import (
     memorization_stats,
     prompt_fidelity,
 )
-from ambient.neighbours import TrainingSetIndex, Verdict
+from ambient.memorization.neighbours import TrainingSetIndex, Verdict
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_frechet_is_zero_for_the_same_set():
 
 
 def test_frechet_reports_round_off_as_is_and_raises_on_a_wrong_square_root(monkeypatch):
-    import ambient.metrics
+    import ambient.memorization.metrics
 
     rng = np.random.default_rng(5)
     thin = rng.standard_normal((24, 128)) * rng.uniform(0.1, 3, 128)  # fewer samples than dimensions
@@ -69,10 +69,12 @@ def test_frechet_reports_round_off_as_is_and_raises_on_a_wrong_square_root(monke
 
     x = rng.standard_normal((500, 16))
     scale = 2 * np.trace(np.cov(x, rowvar=False))
-    sqrtm = ambient.metrics.linalg.sqrtm
-    monkeypatch.setattr(ambient.metrics.linalg, "sqrtm", lambda m: (1 + 1e-8) * sqrtm(m))  # round-off sized
+    sqrtm = ambient.memorization.metrics.linalg.sqrtm
+    monkeypatch.setattr(
+        ambient.memorization.metrics.linalg, "sqrtm", lambda m: (1 + 1e-8) * sqrtm(m)
+    )  # round-off sized
     assert frechet_distance(x, x) == pytest.approx(-1e-8 * scale, rel=1e-3)  # negative, reported, not clamped
-    monkeypatch.setattr(ambient.metrics.linalg, "sqrtm", lambda m: 1.01 * sqrtm(m))  # 1 % off
+    monkeypatch.setattr(ambient.memorization.metrics.linalg, "sqrtm", lambda m: 1.01 * sqrtm(m))  # 1 % off
     with pytest.raises(ValueError, match="negative beyond round-off"):
         frechet_distance(x, x)
 

@@ -1,4 +1,4 @@
-"""Nearest-neighbour search, the ratio test, persistence and embedders (ambient.neighbours)."""
+"""Nearest-neighbour search, the ratio test, persistence and embedders (ambient.memorization.neighbours)."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ambient.data import balanced_subset, load_fashion_mnist
-from ambient.neighbours import (
+from ambient.memorization.neighbours import (
     EfficientNetEmbedder,
     Embedder,
     PixelEmbedder,
@@ -331,18 +331,18 @@ def test_load_takes_the_construction_path_and_its_checks(tmp_path):
 
 
 def test_the_split_modules_are_what_neighbours_re_exports():
-    import ambient.embedders
-    import ambient.neighbours
-    import ambient.verdicts
+    import ambient.memorization.embedders
+    import ambient.memorization.neighbours
+    import ambient.memorization.verdicts
 
-    assert ambient.neighbours.Verdict is ambient.verdicts.Verdict
-    assert ambient.neighbours.Neighbour is ambient.verdicts.Neighbour
-    assert ambient.neighbours.get_embedder is ambient.embedders.get_embedder
-    assert ambient.neighbours.PixelEmbedder is ambient.embedders.PixelEmbedder
+    assert ambient.memorization.neighbours.Verdict is ambient.memorization.verdicts.Verdict
+    assert ambient.memorization.neighbours.Neighbour is ambient.memorization.verdicts.Neighbour
+    assert ambient.memorization.neighbours.get_embedder is ambient.memorization.embedders.get_embedder
+    assert ambient.memorization.neighbours.PixelEmbedder is ambient.memorization.embedders.PixelEmbedder
     train = random_images(30, seed=3)
     queries = torch.cat([train[:2], random_images(3, seed=4)])
     index = TrainingSetIndex(train)
-    direct = ambient.verdicts.pixel_ratio_test(train.flatten(1), queries.flatten(1))
+    direct = ambient.memorization.verdicts.pixel_ratio_test(train.flatten(1), queries.flatten(1))
     for a, b in zip(index.ratio_test(queries), direct, strict=True):
         np.testing.assert_array_equal(a, b)
 

@@ -5,11 +5,10 @@ import math
 import pytest
 import torch
 
-from ambient.cutoff import Cutoff
+from ambient.cutoff import Cutoff, HandOverDenoiser
 from ambient.denoiser import build_unet
 from ambient.sampling import (
     CFGDenoiser,
-    HandOverDenoiser,
     initial_noise,
     karras_sigmas,
     nfe,

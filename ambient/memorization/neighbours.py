@@ -1,9 +1,9 @@
 """The training set's nearest-neighbour index: a faiss index over embeddings, its persistence, and the verdicts.
 
-``TrainingSetIndex`` embeds the training images with an embedder (``ambient.embedders``), searches them by
+``TrainingSetIndex`` embeds the training images with an embedder (``ambient.memorization.embedders``), searches them by
 cosine similarity (faiss inner product over L2-normalised rows), runs the pixel ratio test and turns both into
-``Verdict`` s (``ambient.verdicts``); ``save`` / ``load`` write and read it (index.faiss + meta.json).
-The embedder and verdict names are re-exported here, so ``from ambient.neighbours import ...`` keeps working.
+``Verdict`` s (``ambient.memorization.verdicts``); ``save`` / ``load`` write and read it (index.faiss + meta.json).
+The embedder and verdict names are re-exported here, so ``from ambient.memorization.neighbours import ...`` keeps working.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import faiss
 import numpy as np
 import torch
 
-from ambient.embedders import (
+from ambient.memorization.embedders import (
     CHECKPOINT_ERRORS,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -34,7 +34,7 @@ from ambient.embedders import (
     get_embedder,
     resolve_embedder,
 )
-from ambient.verdicts import (
+from ambient.memorization.verdicts import (
     DEFAULT_RATIO_THRESHOLD,
     DEFAULT_THRESHOLD,
     Neighbour,
@@ -301,7 +301,7 @@ class TrainingSetIndex:
 
     def ratio_test(self, queries: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Exact pixel-L2 d1/d2 (nearest over second-nearest training image) per query (N,) float64, and the
-        position of the nearest (N,) int64 (``ambient.verdicts.pixel_ratio_test`` over the whole training set)."""
+        position of the nearest (N,) int64 (``ambient.memorization.verdicts.pixel_ratio_test`` over the whole training set)."""
         if self.images is None:
             raise RuntimeError(
                 "the ratio test needs the training images; this index was built from embeddings only "

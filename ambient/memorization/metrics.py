@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from scipy import linalg
 
-from ambient.classifier import DEFAULT_CLASSIFIER_DIR, FashionClassifier, extract_features, predict_logits
-from ambient.neighbours import TrainingSetIndex, Verdict
+from ambient.memorization.classifier import DEFAULT_CLASSIFIER_DIR, FashionClassifier, extract_features, predict_logits
+from ambient.memorization.neighbours import TrainingSetIndex, Verdict
 
 DEFAULT_THRESHOLDS = (0.9, 0.95)
 
@@ -158,7 +158,7 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6
 
 def _classifier(classifier: FashionClassifier | None) -> tuple[FashionClassifier, str]:
     if classifier is None:
-        from ambient.classifier import load_default_classifier
+        from ambient.memorization.classifier import load_default_classifier
 
         return load_default_classifier(), f"{DEFAULT_CLASSIFIER_DIR.parent.name}/{DEFAULT_CLASSIFIER_DIR.name}"
     return classifier, "custom weights"

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ambient.metrics import bootstrap_rate_ci
+from ambient.memorization.metrics import bootstrap_rate_ci
 
 # Runs of the studies written before grid files existed: what each one was.
 LEGACY_LABELS = {
@@ -90,7 +90,7 @@ def load_points(
     Only studies scored with the ``prompts`` plan (``"classes"`` or ``"empty"``) are read: an unconditional
     sample's Frechet distance is not on the same scale as a prompted one's, so the two never share a frontier.
     """
-    from ambient.studies import check_prompt_plan
+    from ambient.research.studies import check_prompt_plan
 
     check_prompt_plan(prompts)
     files: list[Path] = []

@@ -25,7 +25,7 @@ from torch import nn
 from ambient.data import FASHION_MNIST_CLASSES, load_fashion_mnist
 from ambient.denoiser import _atomic_write_dir
 
-DEFAULT_CLASSIFIER_DIR = Path(__file__).resolve().parent.parent / "assets" / "classifier"
+DEFAULT_CLASSIFIER_DIR = Path(__file__).resolve().parents[2] / "assets" / "classifier"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "ambient-fashion-classifier"

@@ -200,7 +200,7 @@ class ClassifierEmbedder(_TorchEmbedder):
     name = "fmnist-cnn"
 
     def __init__(self, folder: str | Path | None = None, batch_size: int = 512):
-        from ambient.classifier import FashionClassifier, load_default_classifier
+        from ambient.memorization.classifier import FashionClassifier, load_default_classifier
 
         self.model = load_default_classifier() if folder is None else FashionClassifier.from_pretrained(folder)
         if folder is not None:

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ambient.studies import check_prompt_plan
+from ambient.research.studies import check_prompt_plan
 from ambient.training import TrainConfig
 
 EVAL_KEYS = {"n", "steps", "seed", "baseline", "sigma_c", "mode", "every", "min_step", "prompts"}
@@ -153,7 +153,7 @@ def evaluate_run(spec: dict[str, Any], run: GridRun, runs: Sequence[GridRun], er
     """Score the run's snapshots missing from its study JSON (or record why it failed); returns the path."""
     from ambient.denoiser import load_denoiser
     from ambient.evaluate import write_json
-    from ambient.studies import git_commit, score_run
+    from ambient.research.studies import git_commit, score_run
 
     out = study_path(spec, run)
     old = json.loads(out.read_text()) if out.is_file() else {}
@@ -218,7 +218,7 @@ def run_grid(
     threads: int | None = None,
 ) -> list[Path]:
     """Train then score every run of a grid file (or the ``only`` ones); returns the study files."""
-    from ambient.studies import set_threads
+    from ambient.research.studies import set_threads
 
     spec, runs = load_grid(path)
     if only:

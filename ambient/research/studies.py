@@ -19,7 +19,7 @@ import torch
 
 def git_commit(repo: str | Path | None = None) -> str:
     """The checked-out commit, with "+dirty" when tracked files differ from it ("unknown" outside git)."""
-    cwd = str(repo or Path(__file__).resolve().parents[1])
+    cwd = str(repo or Path(__file__).resolve().parents[2])
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=cwd, capture_output=True, text=True)
@@ -79,7 +79,7 @@ def score_run(
     from ambient.data import balanced_subset, load_fashion_mnist, training_set_of
     from ambient.denoiser import load_denoiser
     from ambient.evaluate import encode_prompts, generate, prompt_plan, score_samples
-    from ambient.neighbours import TrainingSetIndex
+    from ambient.memorization.neighbours import TrainingSetIndex
 
     if n < 2:
         raise ValueError("a study needs at least 2 samples a snapshot")

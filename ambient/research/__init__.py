@@ -1,0 +1,1 @@
+"""Research tooling: grids of training runs, their studies (scored snapshots) and the frontier."""
