@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up a machine to run the tests: system packages (Debian/Ubuntu), then .venv with requirements-dev.txt.
-# With --app, only what the app needs (python3-venv where Debian lacks it, requirements.txt).
+# Set up a machine to run the tests: system packages (Debian/Ubuntu), then .venv with requirements-dev.txt and
+# this checkout installed in it, editable (`pip install -e .`: the `ambient` command, and `import ambient` from
+# anywhere). With --app, only what the app needs (python3-venv where Debian lacks it, requirements.txt).
 #
 #   bash scripts/setup.sh && .venv/bin/python -m pytest -q
 #   bash scripts/setup.sh --app && .venv/bin/python app.py
@@ -54,3 +55,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 echo "setup: pip install -r $REQUIREMENTS"
 "$VENV/bin/python" -m pip install -q -r "$REQUIREMENTS"
+# The checkout itself, editable and without dependencies (the pins above are what it runs with): the `ambient`
+# command, and the package importable from scripts/ and benchmarks/.
+# With setuptools already in the venv, no build environment is downloaded (so a second run works offline).
+build=()
+if "$VENV/bin/python" -c "import setuptools" >/dev/null 2>&1; then
+  build=(--no-build-isolation)
+fi
+echo "setup: pip install -e ."
+"$VENV/bin/python" -m pip install -q --no-deps ${build[@]+"${build[@]}"} -e .
