@@ -30,7 +30,21 @@ _EXPORTS = {
     "sample_euler": "ambient.sampling",
     "sample_heun": "ambient.sampling",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CFGDenoiser",
+    "DDPMAdapter",
+    "EDMDenoiser",
+    "HandOverDenoiser",
+    "ambient_loss",
+    "build_unet",
+    "edm_loss",
+    "fixed_noise",
+    "initial_noise",
+    "karras_sigmas",
+    "sample",
+    "sample_euler",
+    "sample_heun",
+]
 __version__ = "0.1.0"
 
 

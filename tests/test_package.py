@@ -30,7 +30,9 @@ def fresh_venv(tmp_path_factory) -> Path:
     where = tmp_path_factory.mktemp("pkg") / "venv"
     venv.EnvBuilder(with_pip=False).create(where)
     python = where / "bin" / "python"
-    site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], where).stdout.strip())
+    site = Path(
+        _run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], where).stdout.strip()
+    )
     ours = Path(sysconfig.get_path("purelib"))
     if not (ours / "setuptools").is_dir():
         pytest.skip(f"no setuptools in {ours} to build the package with offline")
