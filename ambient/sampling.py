@@ -159,13 +159,15 @@ def sample_dpmpp_2m(
     sigmas: torch.Tensor,
     cond: torch.Tensor | None = None,
     callback: Callback | None = None,
+    history: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al., 2022): one network evaluation per sigma, second order from the previous estimate.
 
     In t = -log(sigma) the step from s to s_next is exact for a constant estimate; the multistep correction
     extrapolates the estimate linearly from the last two. The step to sigma = 0 returns the estimate itself.
+    ``history`` (the sigma and estimate of the step before ``sigmas[0]``) resumes a run midway exactly.
     """
-    old = None
+    prev_sigma, old = history if history is not None else (None, None)
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
         x0 = denoiser(x, s, cond)
@@ -177,7 +179,7 @@ def sample_dpmpp_2m(
             h = torch.log(s / s_next)
             d = x0
             if old is not None:
-                r = torch.log(sigmas[i - 1] / s) / h
+                r = torch.log((sigmas[i - 1] if i else prev_sigma) / s) / h
                 d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * old
             x = (s_next / s) * x - torch.expm1(-h) * d
         old = x0

@@ -1,0 +1,99 @@
+"""The recorded Ambient trajectory gives, for every cutoff, exactly what a fresh run gives (ambient.trajectory)."""
+
+import math
+
+import pytest
+import torch
+
+from ambient.cutoff import Cutoff
+from ambient.sampling import CFGDenoiser, initial_noise, karras_sigmas, sample
+from ambient.trajectory import Trajectory, TrajectoryCache, first_step_below, hand_over, record, truncate
+
+
+class Toy(torch.nn.Module):
+    """A nonlinear, conditional denoiser that counts its calls."""
+
+    def __init__(self, w: float):
+        super().__init__()
+        self.w, self.calls = w, 0
+
+    def forward(self, x, sigma, cond=None):
+        self.calls += 1
+        s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        c = 0 if cond is None else cond.mean(1).reshape(-1, *([1] * (x.ndim - 1)))
+        return torch.tanh(self.w * x / (1 + s) + c) * (1 - torch.exp(-s))
+
+
+SHAPE = (1, 4, 4)
+SEEDS = [3, 5, 7]
+STEPS = 12
+
+
+def _sigmas():
+    return karras_sigmas(STEPS)
+
+
+@pytest.mark.parametrize("sampler", ["heun", "euler", "dpmpp_2m"])
+@pytest.mark.parametrize("guided", [False, True])
+def test_hand_over_from_the_trajectory_equals_a_fresh_run_at_every_cutoff(sampler, guided):
+    amb, base = Toy(1.3), Toy(0.7)
+    cond = torch.tensor([[0.2, -0.1], [0.5, 0.3], [0.0, 0.4]]) if guided else None
+    g = 2.0 if guided else 1.0
+    a = CFGDenoiser(amb, g) if guided else amb
+    b = CFGDenoiser(base, g) if guided else base
+    sig = _sigmas()
+    traj = record(a, initial_noise(SEEDS, SHAPE, float(sig[0])), sig, cond, sampler)
+    cutoffs = [0.0, math.inf, 1e-4, *[float(s) for s in sig[:-1]], 0.5, 2.0, 7.3, 30.0]
+    for sc in cutoffs:
+        fresh = sample(amb, base, SEEDS, SHAPE, cond, steps=STEPS, sigma_c=sc, sampler=sampler, guidance=g)
+        fast = hand_over(traj, a, b, sc, cond).clamp(-1, 1)
+        assert torch.equal(fresh, fast), (sampler, sc, (fresh - fast).abs().max())
+
+
+@pytest.mark.parametrize("sampler", ["heun", "euler", "dpmpp_2m"])
+def test_truncate_from_the_trajectory_equals_a_fresh_truncated_run(sampler):
+    amb = Toy(1.1)
+    sig = _sigmas()
+    traj = record(amb, initial_noise(SEEDS, SHAPE, float(sig[0])), sig, None, sampler)
+    for sc in [0.0, 1e-3, 0.3, float(sig[5]), 5.0, 60.0]:
+        fresh = sample(amb, None, SEEDS, SHAPE, steps=STEPS, sigma_c=sc, mode="truncate", sampler=sampler)
+        assert torch.equal(fresh, truncate(traj, amb, sc).clamp(-1, 1)), (sampler, sc)
+
+
+def test_a_slider_move_runs_only_the_steps_below_the_cutoff():
+    amb, base = Toy(1.3), Toy(0.7)
+    sig = _sigmas()
+    traj = record(amb, initial_noise(SEEDS, SHAPE, float(sig[0])), sig, None, "heun")
+    amb.calls = base.calls = 0
+    hand_over(traj, amb, base, 0.0)  # the Ambient model alone: nothing to run
+    assert amb.calls == base.calls == 0
+    sc = float(sig[STEPS - 3])  # the last three sigmas above 0 are at or below this one
+    hand_over(traj, amb, base, sc * 0.999)
+    start = first_step_below(sig, sc * 0.999, "heun")
+    # Heun's step 9 evaluates the Ambient model at sig[9] and the baseline at sig[10]; steps 10 and 11 are the
+    # baseline's: 5 evaluations in all, against 2 * 12 - 1 = 23 for a fresh run.
+    assert start == STEPS - 3 and amb.calls == 1
+    assert base.calls == 2 * (STEPS - start) - 2
+    with pytest.raises(ValueError, match="needs a baseline"):
+        hand_over(traj, amb, None, 1.0)
+
+
+def test_cache_keeps_recent_trajectories_within_its_byte_budget():
+    def make(k):
+        return lambda: Trajectory(torch.zeros(3), [torch.zeros(250)] * 2, [torch.zeros(250)], "heun")
+
+    one = make(0)().nbytes()
+    cache = TrajectoryCache(max_bytes=2 * one)
+    t0 = cache.get("a", make(0))
+    assert cache.get("a", make(0)) is t0 and cache.hits == 1 and cache.misses == 1
+    cache.get("b", make(1))
+    cache.get("a", make(0))  # "a" is now the newest
+    cache.get("c", make(2))  # evicts "b", the oldest
+    assert len(cache) == 2 and cache.nbytes <= cache.max_bytes
+    assert cache.get("a", make(0)) is t0
+    misses = cache.misses
+    cache.get("b", make(1))
+    assert cache.misses == misses + 1
+    with pytest.raises(ValueError):
+        TrajectoryCache(max_bytes=-1)
+    assert Cutoff(0.0).is_ambient_alone
