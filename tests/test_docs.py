@@ -175,7 +175,8 @@ def _help(verb: str) -> str:
 
 def test_readme_cli_examples_use_real_verbs_and_options():
     blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
-    commands = [ln for b in blocks for ln in b.splitlines() if ln.startswith(("ambient ", "python -m ambient "))]
+    lines = [ln for b in blocks for ln in b.replace("\\\n", " ").splitlines()]  # continuation lines joined
+    commands = [ln for ln in lines if ln.startswith(("ambient ", "python -m ambient "))]
     assert commands, "the README shows the command line"
     helps: dict[str, str] = {}
     for line in commands:
