@@ -163,6 +163,14 @@ def test_readme_python_example_names_exist():
     assert checked >= 3
 
 
+def test_app_doc_shows_the_api_tabs_tested_example():
+    """docs/app.md's client example is the API tab's, which tests/test_app_api.py runs against a live server."""
+    from demo.ui import API_DOC
+
+    ours = re.search(r"```python\n(.*?)```", (ROOT / "docs" / "app.md").read_text(), re.S)
+    assert ours and ours.group(1) == re.search(r"```python\n(.*?)```", API_DOC, re.S).group(1)
+
+
 def _help(verb: str) -> str:
     """``ambient VERB --help``, in process."""
     from ambient.cli import main
