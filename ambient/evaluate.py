@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -103,6 +102,8 @@ def score_samples(
     row.update(metrics.memorization_report(samples, index, thresholds))
     if reference is not None:
         row.update(metrics.frechet_report(samples, reference, classifier))
+        if row.get("rate_ratio") is not None:
+            row.update(metrics.novel_frechet_report(samples, index, reference, classifier))
     if class_ids is not None and any(c >= 0 for c in class_ids):
         row["prompt_fidelity"] = metrics.prompt_fidelity(samples, list(class_ids), classifier)["accuracy"]
     return row
@@ -113,7 +114,7 @@ def log_cutoffs(n: int, lo: float = SIGMA_MIN, hi: float = SIGMA_MAX, extra: Seq
     if n < 2:
         raise ValueError("a sweep needs at least 2 cutoffs")
     vals = np.exp(np.linspace(math.log(lo), math.log(hi), n)).tolist()
-    vals = sorted({round(v, 6) for v in [*vals, *extra]})
+    vals = sorted({min(max(round(v, 6), lo), hi) for v in [*vals, *extra]})  # rounding never leaves [lo, hi]
     return [*(Cutoff(v) for v in vals), Cutoff.baseline_alone()]
 
 
@@ -167,21 +168,22 @@ def nearest_along(index: Any, estimates: Sequence[torch.Tensor]) -> tuple[np.nda
     return np.asarray(sims).reshape(len(estimates), n), np.asarray(pos).reshape(len(estimates), n)
 
 
-@torch.no_grad()
 def copy_trajectory(
-    denoiser: Any,
-    index: Any,
-    seed: int,
-    cond: torch.Tensor | None = None,
-    steps: int = 18,
-) -> list[dict[str, float]]:
-    """Nearest-training-image similarity of x0_hat at every sampling step of one seed (the moment of copying)."""
-    seen: list[tuple[float, torch.Tensor]] = []
-    c = None if cond is None else cond[:1]
-    cb = lambda info: seen.append((info["sigma"], info["denoised"]))  # noqa: E731
-    sample(denoiser, None, [seed], denoiser.image_shape, c, steps, Cutoff.ambient_alone(), callback=cb)
-    sims, pos = nearest_along(index, [d for _, d in seen])
-    return [{"sigma": s, "similarity": float(sims[k, 0]), "position": int(pos[k, 0])} for k, (s, _) in enumerate(seen)]
+    pair: Any, seed: int, prompt: str = "", steps: int = 18, cutoff: Cutoff | None = None, side: str = "ambient"
+) -> list[dict[str, Any]]:
+    """Nearest-training-image similarity of x0_hat at every sampling step of one seed of a pair's side (the
+    moment of copying): ``Pair.trajectories`` of a one-image run, every step recorded."""
+    cut = cutoff or Cutoff.ambient_alone()
+    records: list[tuple[float, torch.Tensor]] = []
+    keep = set(pair.record_steps(pair.steps_of(steps, cut) if side == "ambient" else steps, None))
+
+    def cb(info: dict[str, Any]) -> None:
+        if pair.trajectory_points is None or int(info["i"]) in keep:
+            records.append((float(info["sigma"]), pair.codec.to_index(pair.codec.decode(info["denoised"]))))
+
+    pair.sample([seed], pair.prompts.cond(prompt, 1), steps, cut, 1.0, side, cb)
+    rows = pair.trajectories(records, cut, side)
+    return rows[0] if rows else []
 
 
 def plot_sweep(
@@ -233,19 +235,51 @@ def sweep_positions(rows: Sequence[dict[str, Any]], sigma_max: float = SIGMA_MAX
 
 
 def write_json(obj: Any, path: str | Path) -> Path:
-    """Write JSON atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
-    return path
+    """Write JSON atomically (``ambient.io.write_json_atomic``)."""
+    from ambient.io import write_json_atomic
+
+    return write_json_atomic(path, obj)
+
+
+def is_latent_folder(path: str | Path) -> bool:
+    """Whether a model folder is a fine-tuned latent pipeline (its sidecar records type "latent"), not a pixel
+    model."""
+    from ambient.latent import read_ambient_settings
+
+    try:
+        read_ambient_settings(path)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def open_pair(
+    ambient_dir: str | Path,
+    baseline_dir: str | Path,
+    pair_dir: str | Path | None = None,
+    embedder: str | None = None,
+    device: str = "cpu",
+) -> Any:
+    """The ``Pair`` of two model folders, loaded as the app loads it: pixel models with ``pair_dir``'s
+    ``train.npz`` and ``index/``; fine-tuned latent pipelines with the training images their
+    ``ambient_latent.json`` names and the index in ``pair_dir/index`` (built and saved there the first time)."""
+    if is_latent_folder(ambient_dir) or is_latent_folder(baseline_dir):
+        from ambient.latent_pair import DEFAULT_EMBEDDER, load_latent_pair
+
+        index = Path(pair_dir) / "index" if pair_dir is not None else None
+        return load_latent_pair(ambient_dir, baseline_dir, None, index, embedder or DEFAULT_EMBEDDER, device=device)
+    from ambient.pair import load_pair
+
+    if pair_dir is None:
+        raise ValueError("a pixel pair needs its pair folder (train.npz and index/ from `python -m ambient index`)")
+    pair_dir = Path(pair_dir)
+    return load_pair(ambient_dir, baseline_dir, pair_dir / "train.npz", pair_dir / "index", device=device)
 
 
 def evaluate_pair(
     ambient_dir: str | Path,
     baseline_dir: str | Path,
-    pair_dir: str | Path,
+    pair_dir: str | Path | None,
     out: str | Path,
     n: int = 1000,
     sweep_n: int = 256,
@@ -256,30 +290,50 @@ def evaluate_pair(
     seed: int = 10_000,
     bf16: bool = True,
     progress: Progress | None = None,
+    embedder: str | None = None,
 ) -> dict[str, Any]:
-    """The full comparison behind the README table and the app's trade-off tab; writes report/sweep JSON and PNG."""
+    """The full comparison behind the README table and the app's trade-off tab (pixel or latent pair, see
+    ``open_pair``); writes report/sweep JSON and PNG."""
+    pair = open_pair(ambient_dir, baseline_dir, pair_dir, embedder)
+    extra = {"ambient": str(ambient_dir), "baseline": str(baseline_dir)}
+    return evaluate_loaded(pair, out, n, sweep_n, sweep_points, sweep_min, steps, guidance, seed, bf16, progress, extra)
+
+
+def evaluate_loaded(
+    pair: Any,
+    out: str | Path,
+    n: int = 1000,
+    sweep_n: int = 256,
+    sweep_points: int = 9,
+    sweep_min: float | None = None,
+    steps: int = 18,
+    guidance: float = 1.0,
+    seed: int = 10_000,
+    bf16: bool = True,
+    progress: Progress | None = None,
+    settings_extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``evaluate_pair`` on a loaded ``ambient.pair.Pair``: both sides at the Ambient model's own cutoff, then
+    the hand-over sweep over the pair's sigma range; writes report.json, sweep.json, sweep.png and sample grids."""
     import time
 
-    from ambient.data import balanced_subset, load_fashion_mnist
-    from ambient.pair import load_pair
+    from ambient.data import heldout_reference
 
     t0 = time.perf_counter()
-    pair_dir, out = Path(pair_dir), Path(out)
-    pair = load_pair(ambient_dir, baseline_dir, pair_dir / "train.npz", pair_dir / "index")  # as the app does
-    amb, base, index = pair.ambient, pair.baseline, pair.index
-    size = pair.data_shape[-1]  # an upsampled pair is scored at its training images' size
-    meta = getattr(amb, "meta", {})
+    out = Path(out)
+    index = pair.index
+    meta = getattr(pair.ambient, "meta", {}) or {}
     class_names = meta.get("class_names")
     prompts, class_ids = prompt_plan(n, class_names)
-    cond = encode_prompts(prompts, meta.get("text_model"), amb.cond_dim)
+    cond = pair.prompts.encode(prompts)
     seeds = list(range(seed, seed + n))
 
     reference = None
     ref_row: dict[str, Any] = {}
     if str(meta.get("dataset", "")).startswith("fashion-mnist"):
-        test = balanced_subset(load_fashion_mnist("test"), min(2 * n, 10_000), seed=1)
-        reference, held_out = test.images[:n], test.images[n : 2 * n]
-        ref_row = score_samples(held_out, index, test.labels[n : 2 * n].tolist(), reference)
+        ref, held_out = heldout_reference(n)
+        reference = ref.images
+        ref_row = score_samples(held_out.images, index, held_out.labels.tolist(), reference)
         ref_row["what"] = "held-out Fashion-MNIST test images (the creative reference)"
 
     # A high-noise-only Ambient network is untrained below its sigma_n: "Ambient" then means the hand-over
@@ -288,39 +342,29 @@ def evaluate_pair(
     high_only = pair.regime == "high"
     amb_cut = pair.default_cutoff()
     rows = {"reference": ref_row}
-    for name, model, low, cut in (
-        ("baseline", base, None, Cutoff.ambient_alone()),
-        ("ambient", amb, None if amb_cut.is_ambient_alone else base, amb_cut),
-    ):
-        x = generate(model, low, seeds, cond, steps, cut, guidance=guidance, bf16=bf16, progress=progress, size=size)
+    for name, cut in (("baseline", Cutoff.ambient_alone()), ("ambient", amb_cut)):
+        x = pair.generate(seeds, cond, steps, cut, guidance, side=name, bf16=bf16, progress=progress)
         rows[name] = score_samples(x, index, class_ids, reference)
         save_grid(x[:64], out / f"samples_{name}.png", ncol=16)
 
     extra = [sigma_n] if sigma_n else []
-    lo = sweep_min or (float(sigma_n) if high_only else SIGMA_MIN)
-    cutoffs = log_cutoffs(sweep_points, lo, SIGMA_MAX, extra)
-    for c in cutoffs:
-        c.check(pair.regime, sigma_n, sigma_max=SIGMA_MAX)
+    lo = sweep_min or (float(sigma_n) if high_only else pair.sigma_min)
+    cutoffs = log_cutoffs(sweep_points, lo, pair.sigma_max, extra)
     s_prompts, s_ids = prompt_plan(sweep_n, class_names)
-    s_cond = encode_prompts(s_prompts, meta.get("text_model"), amb.cond_dim)
-    sweep = sweep_cutoff(
-        amb,
-        base,
-        index,
+    sweep = pair.sweep_cutoff(
         cutoffs,
         list(range(seed, seed + sweep_n)),
-        s_cond,
+        s_prompts,
         steps,
         s_ids,
         reference,
         guidance=guidance,
         bf16=bf16,
         progress=progress,
-        size=size,
     )
     settings = {
-        "ambient": str(ambient_dir),
-        "baseline": str(baseline_dir),
+        **(settings_extra or {}),
+        "kind": pair.kind,
         "n": n,
         "sweep_n": sweep_n,
         "steps": steps,
@@ -333,11 +377,13 @@ def evaluate_pair(
         "ratio_threshold": index.ratio_threshold,
         "sigma_n": sigma_n,
         "upsample": pair.upsample,
-        "ambient_regime": meta.get("regime", "all"),
+        "ambient_regime": pair.regime,
         "ambient_sigma_c": amb_cut.sigma_c,
         "quality": "Frechet distance in fmnist-cnn penultimate features vs held-out test images (not FID)",
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    if reference is None:
+        settings["quality"] = "none: no held-out reference images for this pair (memorization only)"
     report = {**rows, "sweep": sweep, "settings": settings}
     write_json(report, out / "report.json")
     write_json({"sweep": sweep, "reference": ref_row, **settings}, out / "sweep.json")

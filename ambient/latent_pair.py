@@ -43,19 +43,17 @@ Memory
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ambient.cutoff import Cutoff
 from ambient.latent import (
     AMBIENT_JSON,
     IMAGE_SUFFIXES,
@@ -66,8 +64,7 @@ from ambient.latent import (
     resolve_pipeline_dir,
     vae_factor,
 )
-from ambient.pair import PairProblem
-from ambient.sampling import karras_sigmas, sample
+from ambient.pair import Pair, PairProblem
 
 DEFAULT_EMBEDDER = "efficientnet-lite0"
 DEFAULT_INDEX_SIZE = 128
@@ -285,103 +282,27 @@ def available_memory(device: str) -> int | None:
     return None
 
 
-# ---------------------------------------------------------------- the pair
+# ---------------------------------------------------------------- the latent pair's prompt encoder and codec
 
 
-@dataclass
-class SideBySide:
-    """One side-by-side run: decoded images of both sides (N, 3, R, R) in [-1, 1] and, per side, the decoded
-    estimate at the recorded steps as (sigma, images at the index's size)."""
+class ClipPrompts:
+    """The prompt encoder of a latent pair: the pipelines' CLIP text encoder's token states (B, L, D), as
+    fine-tuning computed them; the unconditional input of guidance is the empty prompt's states."""
 
-    ambient: torch.Tensor
-    baseline: torch.Tensor
-    records: dict[str, list[tuple[float, torch.Tensor]]]
-    seconds: float = 0.0
-
-
-@dataclass
-class LatentPair:
-    """A loaded latent pair: two UNets as denoisers, the shared VAE, text encoder and tokenizer, the training
-    images at the index's size and their index."""
-
-    ambient: LatentDenoiser
-    baseline: LatentDenoiser
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
-    train: Any  # ambient.data.ImageDataset at index_size
-    index: Any  # ambient.memorization.neighbours.TrainingSetIndex
-    settings: dict[str, Any]  # the Ambient side's ambient_latent.json
-    baseline_settings: dict[str, Any]
-    device: str = "cpu"
-    trajectory_points: int = DEFAULT_TRAJECTORY_POINTS
-    decode_batch: int = DECODE_BATCH
-    memory: MemoryEstimate | None = None
-    warnings: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._text_lock = threading.Lock()
+    def __init__(self, tokenizer: Any, text_encoder: Any, device: str = "cpu"):
+        self.tokenizer, self.text_encoder, self.device = tokenizer, text_encoder, device
+        self._lock = threading.Lock()
         self._uncond: torch.Tensor | None = None
 
-    # -- what it is
     @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        """(C, h, w) of the latents."""
-        return tuple(int(s) for s in self.settings["latent_shape"])  # type: ignore[return-value]
-
-    @property
-    def resolution(self) -> int:
-        """Side of the decoded images in pixels."""
-        return int(self.settings["resolution"])
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(3, s, s): the images the index searches (training images, resized outputs, uploads)."""
-        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
-
-    @property
-    def sigma_min(self) -> float:
-        """The lowest sigma both UNets' scheduler covers."""
-        return max(self.ambient.sigma_min, self.baseline.sigma_min)
-
-    @property
-    def sigma_max(self) -> float:
-        """The highest sigma both UNets' scheduler covers."""
-        return min(self.ambient.sigma_max, self.baseline.sigma_max)
-
-    @property
-    def sigma_n(self) -> float | None:
-        """The Ambient side's training cutoff (latent units)."""
-        s = self.settings.get("sigma_n")
-        return float(s) if isinstance(s, int | float) and s > 0 else None
-
-    @property
-    def default_steps(self) -> int:
-        """Heun steps a request starts with: fewer for a full-size pair (see ``FULL_SIZE_STEPS``)."""
-        return FULL_SIZE_STEPS if self.resolution >= FULL_SIZE else DEFAULT_STEPS
-
-    @property
-    def cond_dim(self) -> int:
-        """Width of the text encoder's token states."""
+    def dim(self) -> int:
+        """Width of the token states."""
         return int(self.text_encoder.config.hidden_size)
 
-    def describe(self) -> str:
-        """One line on what this pair is."""
-        c, h, w = self.latent_shape
-        s = self.settings
-        return (
-            f"Latent pair: two fine-tuned pipelines (Ambient: {s.get('loss')} loss, {s.get('steps')} steps; "
-            f"baseline: {self.baseline_settings.get('loss')} loss, {self.baseline_settings.get('steps')} steps) "
-            f"from {s.get('pretrained')}, {self.resolution} px images from {c}x{h}x{w} latents; neighbours in "
-            f"{self.index.embedder_name} features of {self.image_shape[-1]} px training images ({self.index.kind} "
-            f"faiss index)."
-        )
-
-    # -- text, latents, images
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> torch.Tensor:
-        """The text encoder's token states (B, L, D) of the prompts, as fine-tuning computed them."""
-        with self._text_lock:
+        """The token states (B, L, D) of the prompts (the empty prompt included: it has its own states)."""
+        with self._lock:
             ids = self.tokenizer(
                 list(prompts),
                 padding="max_length",
@@ -391,11 +312,34 @@ class LatentPair:
             ).input_ids
             return self.text_encoder(ids.to(self.device))[0].float()
 
+    def cond(self, prompt: str, n: int) -> torch.Tensor:
+        """The conditioning of ``n`` images of one prompt."""
+        return self.encode([prompt] * n)
+
     def uncond(self) -> torch.Tensor:
         """The empty prompt's token states (1, L, D): the unconditional input of guidance."""
         if self._uncond is None:
             self._uncond = self.encode([""])
         return self._uncond
+
+
+class VaeCodec:
+    """Latents to what is shown (the shared VAE's decode, z / scaling_factor + shift_factor) and shown images to
+    what is searched (resized, antialiased, to the index's size)."""
+
+    kind = "latent"
+    clamp = False  # latents are decoded afterwards, not clamped
+
+    def __init__(
+        self, vae: Any, resolution: int, index_size: int, device: str = "cpu", decode_batch: int = DECODE_BATCH
+    ):
+        self.vae, self.resolution, self.index_size = vae, int(resolution), int(index_size)
+        self.device, self.decode_batch = device, decode_batch
+
+    @property
+    def data_shape(self) -> tuple[int, int, int]:
+        """(3, s, s): the images the index searches (training images, resized outputs, uploads)."""
+        return (3, self.index_size, self.index_size)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -408,101 +352,54 @@ class LatentPair:
             out.append(self.vae.decode(z).sample.float().clamp(-1, 1).cpu())
         return torch.cat(out) if out else torch.zeros(0, 3, self.resolution, self.resolution)
 
-    def for_index(self, images: torch.Tensor) -> torch.Tensor:
+    def to_index(self, images: torch.Tensor) -> torch.Tensor:
         """Images resized (antialiased) to the index's size, as the neighbour search takes them."""
-        size = self.image_shape[-1]
+        size = self.index_size
         x = images.float().cpu()
         if tuple(x.shape[-2:]) == (size, size):
             return x
         return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)
 
-    # -- sampling
-    def record_steps(self, total: int, points: int | None = None) -> list[int]:
-        """The step indices (of ``total``) whose estimate is decoded: ``points`` spread evenly, the last included."""
-        points = self.trajectory_points if points is None else points
-        if points < 0:
-            raise ValueError(f"trajectory points must be >= 0, got {points}")
-        if points == 0 or total < 1:
-            return []
-        points = min(points, total)
-        if points == 1:
-            return [total - 1]
-        return sorted({round(k * (total - 1) / (points - 1)) for k in range(points)})
 
-    @torch.no_grad()
-    def sample_latents(
-        self,
-        seeds: Sequence[int],
-        prompt: str,
-        steps: int,
-        cutoff: Cutoff,
-        guidance: float = 1.0,
-        side: str = "ambient",
-        callback: Callable[[dict[str, Any]], None] | None = None,
-    ) -> torch.Tensor:
-        """Latents of one side: ``side="ambient"`` runs the cutoff (hand-over to the baseline, or truncate),
-        ``side="baseline"`` the baseline alone; the same starting latent per seed either way."""
-        if side not in ("ambient", "baseline"):
-            raise ValueError(f"side must be 'ambient' or 'baseline', not {side!r}")
-        if side == "baseline":
-            high, low, cut = self.baseline, None, Cutoff.ambient_alone()
-        else:
-            high, low, cut = self.ambient, (None if cutoff.mode == "truncate" else self.baseline), cutoff
-        cond = self.encode([prompt] * len(seeds))
-        g = float(guidance) if prompt else 1.0  # the empty prompt's states are the unconditional input itself
-        return sample(
-            high,
-            low,
-            seeds,
-            self.latent_shape,
-            cond=cond,
-            steps=steps,
-            sigma_c=cut,
-            guidance=g,
-            callback=callback,
-            sigma_min=self.sigma_min,
-            sigma_max=self.sigma_max,
-            uncond=self.uncond(),
-            clamp=False,
-        )
+def default_steps(resolution: int) -> int:
+    """Heun steps a request starts with: fewer for a full-size pair (see ``FULL_SIZE_STEPS``)."""
+    return FULL_SIZE_STEPS if resolution >= FULL_SIZE else DEFAULT_STEPS
 
-    def side_by_side(
-        self,
-        seeds: Sequence[int],
-        prompt: str,
-        steps: int,
-        cutoff: Cutoff,
-        guidance: float = 1.0,
-        on_step: Callable[[str, dict[str, Any]], None] | None = None,
-        trajectory_points: int | None = None,
-    ) -> SideBySide:
-        """Both sides from the same seeds, decoded, with the decoded estimate at the recorded steps of each."""
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        if not seeds:
-            raise ValueError("need at least one seed")
-        cutoff.check(None, None, self.sigma_min, self.sigma_max)
-        t0 = time.perf_counter()
-        records: dict[str, list[tuple[float, torch.Tensor]]] = {"ambient": [], "baseline": []}
-        full = karras_sigmas(steps, self.sigma_min, self.sigma_max)
-        totals = {"ambient": len(cutoff.schedule(full)) - 1, "baseline": steps}
-        out = {}
-        for side in ("ambient", "baseline"):
-            keep = set(self.record_steps(totals[side], trajectory_points))
 
-            def cb(info: dict[str, Any], side: str = side, keep: set[int] = keep) -> None:
-                if int(info["i"]) not in keep:
-                    return
-                d = self.for_index(self.decode(info["denoised"]))
-                records[side].append((float(info["sigma"]), d))
-                if on_step is not None:
-                    on_step(
-                        side, {"i": int(info["i"]), "total": totals[side], "sigma": float(info["sigma"]), "denoised": d}
-                    )
+def public_source(pretrained: Any, base_dir: str | os.PathLike | None = None) -> str:
+    """The pretrained pipeline as a visitor may read it: a hub id as is, a local folder relative to the config's
+    folder (or home) when under it, else only its last part: no server path is published."""
+    s = str(pretrained or "").strip()
+    if not s:
+        return "an unnamed pipeline"
+    if s.startswith("hub:"):
+        s = s[4:]
+    p = Path(s).expanduser()
+    if not p.is_absolute():
+        return s if (len(p.parts) == 2 and not p.exists()) else p.as_posix()  # owner/name, or a relative folder
+    for root, show in ((base_dir, "."), (Path.home(), "~")):
+        if root is None:
+            continue
+        try:
+            rel = p.resolve().relative_to(Path(root).resolve())
+        except (ValueError, OSError):
+            continue
+        return rel.as_posix() if show == "." else f"~/{rel.as_posix()}"
+    return f"a local folder .../{p.name}"
 
-            z = self.sample_latents(seeds, prompt, steps, cutoff, guidance, side, cb)
-            out[side] = self.decode(z)
-        return SideBySide(out["ambient"], out["baseline"], records, time.perf_counter() - t0)
+
+def describe_latent(pair: Any) -> str:
+    """One line on what a latent pair is (``Pair.describe`` adds it), with no absolute server path."""
+    info = pair.info
+    s, b = info["settings"], info["baseline_settings"]
+    c, h, w = pair.image_shape
+    return (
+        f"Latent pair: two fine-tuned pipelines (Ambient: {s.get('loss')} loss, {s.get('steps')} steps; "
+        f"baseline: {b.get('loss')} loss, {b.get('steps')} steps) "
+        f"from {public_source(s.get('pretrained'), info.get('base_dir'))}, {pair.codec.resolution} px images from "
+        f"{c}x{h}x{w} latents; neighbours in {pair.index.embedder_name} features of {pair.data_shape[-1]} px "
+        f"training images ({pair.index.kind} faiss index)."
+    )
 
 
 # ---------------------------------------------------------------- loading
@@ -621,7 +518,7 @@ def load_latent_pair(
     device: str = "cpu",
     needs_gpu: bool = False,
     trajectory_points: int | None = None,
-) -> LatentPair:
+) -> Pair:
     """Load and cross-check a latent pair (folders or hub ids); ``PairProblem`` saying what to do otherwise.
 
     ``train_data`` defaults to the folder named in the Ambient side's ``ambient_latent.json``; ``index`` is a
@@ -684,10 +581,31 @@ def load_latent_pair(
     if trajectory_points is None:
         full = int(settings["resolution"]) >= FULL_SIZE
         trajectory_points = FULL_SIZE_TRAJECTORY_POINTS if full else DEFAULT_TRAJECTORY_POINTS
-    pair = LatentPair(
-        a, b, vae, text, tokenizer, train, idx, settings, checked[1]["settings"], device, trajectory_points,
-        memory=estimate, warnings=warnings,
-    )  # fmt: skip
-    if math.isfinite(pair.sigma_n or 0) and pair.sigma_n and not pair.sigma_min < pair.sigma_n < pair.sigma_max:
+    resolution = int(settings["resolution"])
+    sn = settings.get("sigma_n")
+    sigma_n = float(sn) if isinstance(sn, int | float) and not isinstance(sn, bool) and sn > 0 else None
+    prompts = ClipPrompts(tokenizer, text, device)
+    pair = Pair(
+        ambient=a,
+        baseline=b,
+        train=train,
+        index=idx,
+        image_shape=tuple(int(x) for x in settings["latent_shape"]),  # type: ignore[arg-type]
+        cond_dim=prompts.dim,
+        sigma_min=max(a.sigma_min, b.sigma_min),
+        sigma_max=min(a.sigma_max, b.sigma_max),
+        sigma_n=sigma_n,
+        regime="all",  # one network split at sigma_n: ambient.latent fine-tunes every noise level
+        text_model="the pipelines' CLIP text encoder",
+        device=device,
+        warnings=warnings,
+        prompts=prompts,
+        codec=VaeCodec(vae, resolution, int(train.images.shape[-1]), device),
+        kind="latent",
+        trajectory_points=trajectory_points,
+        default_steps=default_steps(resolution),
+        info={"settings": settings, "baseline_settings": checked[1]["settings"], "memory": estimate},
+    )
+    if pair.sigma_n and not pair.sigma_min < pair.sigma_n < pair.sigma_max:
         warnings.append(f"sigma_n = {pair.sigma_n:g} lies outside the pair's sigma range.")
     return pair

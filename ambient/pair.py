@@ -11,8 +11,10 @@ raises ``PairProblem``, which says what is wrong and how to fix it.
 
 from __future__ import annotations
 
-import json
 import math
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from ambient.cutoff import Cutoff
+from ambient.sampling import autocast, karras_sigmas, sample
 
 INDEX_FIX = (
     "Rebuild it from the training images: TrainingSetIndex(images, ids).save(folder) "
@@ -28,12 +31,34 @@ INDEX_FIX = (
 )
 
 
-class PairProblem(ValueError):
-    """A pair that cannot be used: ``problem`` says what is wrong, ``fix`` what to do."""
+class PairError(ValueError):
+    """The one error of a pair that cannot be used (or a pairs.json that cannot be read): ``problem`` says what
+    is wrong, ``fix`` what to do, ``pair`` which entry (None for the config file as a whole)."""
 
-    def __init__(self, problem: str, fix: str = ""):
-        super().__init__(f"{problem} {fix}".strip())
-        self.problem, self.fix = problem, fix
+    def __init__(self, problem: str, fix: str = "", pair: str | None = None):
+        self.pair, self.problem, self.fix = pair, problem, fix
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if self.pair is None:
+            return f"{self.problem} {self.fix}".strip()
+        return f"Model pair '{self.pair}': {self.problem}" + (f" How to fix: {self.fix}" if self.fix else "")
+
+    def markdown(self) -> str:
+        """The message as markdown for a status panel."""
+        fix = f"\n\n**How to fix:** {self.fix}" if self.fix else ""
+        if self.pair is None:
+            return f"**The pairs config cannot be used.** {self.problem}{fix}"
+        return f"**Model pair `{self.pair}` cannot be used.** {self.problem}{fix}"
+
+    def named(self, pair: str) -> PairError:
+        """The same error, said of the pair called ``pair``."""
+        e = PairError(self.problem, self.fix, pair)
+        e.__cause__ = self.__cause__ or self
+        return e
+
+
+PairProblem = PairError  # the name the library used before the one error type
 
 
 class OnDevice(nn.Module):
@@ -65,47 +90,384 @@ class OnDevice(nn.Module):
         return self.model(x.to(self.device), s, c).to(x.device)
 
 
+# ---------------------------------------------------------------- the two interfaces a pair's sides share
+
+
+class PixelPrompts:
+    """The prompt encoder of a pixel pair: sentence vectors (MiniLM) whose empty prompt is all zeros, so the
+    unconditional input of guidance is zeros (``uncond`` None) and an empty prompt needs no encoding."""
+
+    def __init__(self, text_model: str | None, dim: int):
+        self.text_model, self.dim = text_model, int(dim)
+        self._lock = threading.Lock()
+
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor | None:
+        """(B, D) vectors of the prompts; None when the models are unconditional or every prompt is empty."""
+        if not self.dim or not any(prompts):
+            return None
+        from ambient.evaluate import encode_prompts
+
+        with self._lock:
+            return encode_prompts(list(prompts), self.text_model, self.dim)
+
+    def cond(self, prompt: str, n: int) -> torch.Tensor | None:
+        """The conditioning of ``n`` images of one prompt (None: unconditional)."""
+        c = self.encode([prompt]) if prompt else None
+        return None if c is None else c.expand(n, -1).clone()
+
+    def uncond(self) -> torch.Tensor | None:
+        """The unconditional input of guidance: None, i.e. zeros."""
+        return None
+
+
+class PixelCodec:
+    """Model space to what is shown and searched for a pixel pair: the samples themselves, each
+    ``upsample`` x ``upsample`` block averaged back to the training images' size."""
+
+    kind = "pixels"
+    clamp = True  # samples are images: clamped to [-1, 1]
+
+    def __init__(self, data_shape: tuple[int, int, int], upsample: int = 1):
+        self.data_shape, self.upsample = tuple(data_shape), int(upsample)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples (or estimates) as images at the training images' size, on the CPU."""
+        from ambient.data import downsample_pixels
+
+        return downsample_pixels(x.detach().float().cpu(), self.data_shape[-1])
+
+    def to_index(self, images: torch.Tensor) -> torch.Tensor:
+        """Shown images as the neighbour index takes them: as they are."""
+        return images.float().cpu()
+
+
+@dataclass
+class SideBySide:
+    """One side-by-side run: the shown images of both sides and, per side, the estimate x0_hat at the recorded
+    steps as (sigma, images as the index takes them)."""
+
+    ambient: torch.Tensor
+    baseline: torch.Tensor
+    records: dict[str, list[tuple[float, torch.Tensor]]]
+    seconds: float = 0.0
+
+
+END_TOLERANCE = 1e-5  # a sigma_c within this relative distance of an end is that end (ends are shown to 6 digits)
+
+
+def show_end(sigma: float) -> str:
+    """An end of the sigma range as the user is told it: 6 significant digits, within ``END_TOLERANCE``."""
+    return f"{sigma:.6g}"
+
+
 @dataclass
 class Pair:
-    """A loaded, cross-checked model pair."""
+    """A loaded, cross-checked model pair, pixel or latent (see the module docstring)."""
 
     ambient: Any
     baseline: Any
-    train: Any  # ambient.data.ImageDataset
+    train: Any  # ambient.data.ImageDataset: the training images as shown and searched
     index: Any  # ambient.memorization.neighbours.TrainingSetIndex
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, int, int]  # (C, H, W) of the models' samples (pixels, or latents)
     cond_dim: int
     sigma_min: float
     sigma_max: float
     sigma_n: float | None = None
     regime: str = "all"  # the Ambient model's: "high" = trained only at sigma >= sigma_n
-    upsample: int = 1  # the models sample at this many times the training images' side
+    upsample: int = 1  # a pixel pair's models sample at this many times the training images' side
     copy_test: str = "similarity"  # the test behind a verdict's is_copy: "similarity" or "ratio"
     text_model: str | None = None
     sweep: dict[str, Any] | None = None
     reference: Any = None
     device: str = "cpu"
     warnings: list[str] = field(default_factory=list)
+    prompts: Any = None  # encode(prompts), cond(prompt, n), uncond(): PixelPrompts or a CLIP encoder
+    codec: Any = None  # decode(samples) -> shown images, to_index(images), data_shape, clamp: PixelCodec or a VAE
+    kind: str = "pixels"  # "pixels" or "latent"
+    trajectory_points: int | None = None  # steps whose estimate is recorded (None: every step)
+    default_steps: int = 18  # the sampler steps a request starts with
+    info: dict[str, Any] = field(default_factory=dict)  # what only one kind has (a latent pair's settings)
+    spec: Any = None  # the pairs.json entry it was loaded from (ambient.pairs_config.PairSpec), if any
+    sweep_plot: Path | None = None
+    frontier: dict[str, Any] | None = None
+    frontier_plot: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.prompts is None:
+            self.prompts = PixelPrompts(self.text_model, self.cond_dim)
+        if self.codec is None:
+            c, h, w = self.image_shape
+            self.codec = PixelCodec((c, h // self.upsample, w // self.upsample), self.upsample)
+
+    # -- what it is
+    @property
+    def name(self) -> str:
+        """The pair's config name ("" for a pair loaded from folders)."""
+        return self.spec.name if self.spec is not None else ""
+
+    @property
+    def label(self) -> str:
+        """What a pair menu shows."""
+        return self.spec.label if self.spec is not None else self.name
+
+    @property
+    def summary(self) -> str:
+        """The headline result in one line (the config's ``summary``; "" when none)."""
+        return getattr(self.spec, "summary", "") or ""
+
+    @property
+    def card_text(self) -> str:
+        """The long description: the config's ``card`` file, else its ``description``."""
+        return self.spec.card_text if self.spec is not None else ""
 
     @property
     def data_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of the training images: the size at which samples are searched, scored and shown."""
-        c, h, w = self.image_shape
-        return (c, h // self.upsample, w // self.upsample)
+        """(C, H, W) of the training images: the size at which images are searched and uploads checked."""
+        return tuple(self.codec.data_shape)  # type: ignore[return-value]
 
     def to_data(self, images: torch.Tensor) -> torch.Tensor:
-        """Samples (or x0_hat estimates) at the training images' size: each upsample x upsample block averaged."""
+        """A pixel pair's samples (or x0_hat estimates) at the training images' size (each block averaged)."""
         from ambient.data import downsample_pixels
 
         return downsample_pixels(images, self.data_shape[-1])
 
+    def index_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Shown images as the neighbour index takes them (a latent pair's resized to the index's size)."""
+        return self.codec.to_index(images)
+
     def verdicts(self, images: torch.Tensor, k: int = 5) -> list[Any]:
-        """Nearest training images and copy verdicts of images at the training images' size, by the pair's test."""
+        """Nearest training images and copy verdicts of images at the index's size, by the pair's test."""
         return self.index.verdicts(images, k=k, primary=self.copy_test)
 
     def default_cutoff(self) -> Cutoff:
         """The cutoff the Ambient model was trained for (hand-over at sigma_n for a high-noise-only one)."""
         return Cutoff.default_for(self.regime, self.sigma_n)
+
+    def check_sigma_c(self, sigma_c: Any) -> float:
+        """A finite sigma_c within the pair's range as ``show_end`` tells it (``END_TOLERANCE`` either side), or
+        ValueError naming those ends."""
+        lo, hi = self.sigma_min, self.sigma_max
+        if isinstance(sigma_c, bool) or not isinstance(sigma_c, int | float):
+            raise ValueError(f"sigma_c must be a number from {show_end(lo)} to {show_end(hi)}, got {sigma_c!r}")
+        if not math.isfinite(sigma_c) or not lo * (1 - END_TOLERANCE) <= sigma_c <= hi * (1 + END_TOLERANCE):
+            raise ValueError(
+                f"sigma_c must be a finite number from {show_end(lo)} (Ambient alone) to {show_end(hi)} "
+                f"(baseline alone), got {sigma_c!r}"
+            )
+        return float(sigma_c)
+
+    def cutoff_at(self, sigma_c: Any, mode: str = "handover") -> Cutoff:
+        """The cutoff a number asks for, its ends the ones that act: within ``END_TOLERANCE`` of sigma_max (as
+        ``show_end`` prints it) a hand-over is the baseline alone, within it of sigma_min the Ambient model alone
+        (the full run when truncating). ValueError for a number outside the range (naming its ends) or a cutoff
+        the Ambient model was not trained for."""
+        v = self.check_sigma_c(sigma_c)
+        if mode == "handover" and v >= self.sigma_max * (1 - END_TOLERANCE):
+            cut = Cutoff.baseline_alone()
+        elif v <= self.sigma_min * (1 + END_TOLERANCE):
+            cut = Cutoff(0.0, mode)
+        else:
+            cut = Cutoff(v, mode)
+        return cut.check(self.regime, self.sigma_n, self.sigma_min, self.sigma_max)
+
+    def describe(self) -> str:
+        """A markdown summary for a status panel: what the pair is, its description and its warnings."""
+        from ambient.pairs_config import describe_pair
+
+        return describe_pair(self)
+
+    # -- sampling
+    def record_steps(self, total: int, points: int | None = None) -> list[int]:
+        """The step indices (of ``total``) whose estimate is recorded: ``points`` spread evenly, the last
+        included (default: the pair's ``trajectory_points``; None: every step)."""
+        points = self.trajectory_points if points is None else points
+        if points is None:
+            return list(range(max(total, 0)))
+        if points < 0:
+            raise ValueError(f"trajectory points must be >= 0, got {points}")
+        if points == 0 or total < 1:
+            return []
+        points = min(points, total)
+        if points == 1:
+            return [total - 1]
+        return sorted({round(k * (total - 1) / (points - 1)) for k in range(points)})
+
+    def steps_of(self, steps: int, cutoff: Cutoff) -> int:
+        """How many steps a side with this cutoff records (a truncated run stops early)."""
+        if cutoff.mode == "handover":
+            return steps
+        return max(1, len(cutoff.schedule(karras_sigmas(steps, self.sigma_min, self.sigma_max))) - 1)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        seeds: Sequence[int],
+        cond: torch.Tensor | None,
+        steps: int,
+        cutoff: Cutoff,
+        guidance: float = 1.0,
+        side: str = "ambient",
+        callback: Callable[[dict[str, Any]], None] | None = None,
+        bf16: bool = False,
+    ) -> torch.Tensor:
+        """Samples of one side in model space: ``side="ambient"`` runs the cutoff (hand-over to the baseline, or
+        truncate), ``side="baseline"`` the baseline alone; the same start noise per seed either way. ``bf16``:
+        bf16 autocast on a CPU that has it (pixel pairs; a latent pair runs at its loaded precision)."""
+        if side not in ("ambient", "baseline"):
+            raise ValueError(f"side must be 'ambient' or 'baseline', not {side!r}")
+        if side == "baseline":
+            high, low, cut = self.baseline, None, Cutoff.ambient_alone()
+        else:
+            high, low, cut = self.ambient, (None if cutoff.mode == "truncate" else self.baseline), cutoff
+        with autocast(self.device, bf16 and self.kind == "pixels"):
+            return sample(
+                high,
+                low,
+                seeds,
+                self.image_shape,
+                cond=cond,
+                steps=steps,
+                sigma_c=cut,
+                guidance=guidance if cond is not None else 1.0,
+                callback=callback,
+                sigma_min=self.sigma_min,
+                sigma_max=self.sigma_max,
+                uncond=self.prompts.uncond(),
+                clamp=self.codec.clamp,
+            )
+
+    def side_by_side(
+        self,
+        seeds: Sequence[int],
+        prompt: str,
+        steps: int,
+        cutoff: Cutoff,
+        guidance: float = 1.0,
+        on_step: Callable[[str, dict[str, Any]], None] | None = None,
+        trajectory_points: int | None = None,
+        bf16: bool = False,
+    ) -> SideBySide:
+        """Both sides from the same seeds, as shown, with the estimate x0_hat at the recorded steps of each
+        (``on_step(side, {"i", "total", "sigma", "denoised"})`` hears each one as it comes)."""
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        if not seeds:
+            raise ValueError("need at least one seed")
+        cutoff.check(None, None, self.sigma_min, self.sigma_max)
+        t0 = time.perf_counter()
+        # an empty prompt is the unconditional input itself: nothing to guide
+        cond = self.prompts.cond(prompt, len(seeds))
+        g = float(guidance) if prompt else 1.0
+        records: dict[str, list[tuple[float, torch.Tensor]]] = {"ambient": [], "baseline": []}
+        totals = {"ambient": self.steps_of(steps, cutoff), "baseline": steps}
+        out = {}
+        for side in ("ambient", "baseline"):
+            keep = set(self.record_steps(totals[side], trajectory_points))
+
+            def cb(info: dict[str, Any], side: str = side, keep: set[int] = keep) -> None:
+                if int(info["i"]) not in keep:
+                    return
+                d = self.codec.to_index(self.codec.decode(info["denoised"]))
+                records[side].append((float(info["sigma"]), d))
+                if on_step is not None:
+                    on_step(
+                        side, {"i": int(info["i"]), "total": totals[side], "sigma": float(info["sigma"]), "denoised": d}
+                    )
+
+            x = self.sample(seeds, cond, steps, cutoff, g, side, cb, bf16)
+            out[side] = self.codec.decode(x.float() if self.kind == "pixels" else x)
+        return SideBySide(out["ambient"], out["baseline"], records, time.perf_counter() - t0)
+
+    def trajectories(
+        self, records: Sequence[tuple[float, torch.Tensor]], cutoff: Cutoff, side: str = "ambient"
+    ) -> list[list[dict[str, Any]]]:
+        """Per image: the nearest training image of x0_hat at every recorded step (sigma, similarity, position,
+        id, and which model made that step), from one index search."""
+        if not records:
+            return []
+        from ambient.evaluate import nearest_along
+
+        n = len(records[0][1])
+        sims, pos = nearest_along(self.index, [d for _, d in records])
+        out: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+        for step, (sigma, _) in enumerate(records):
+            model = side if side == "baseline" else cutoff.owner(sigma)
+            for i in range(n):
+                j = int(pos[step, i])
+                out[i].append(
+                    {
+                        "sigma": sigma,
+                        "similarity": float(sims[step, i]),
+                        "position": j,
+                        "id": int(self.train.ids[j]),
+                        "model": model,
+                    }
+                )
+        return out
+
+    @torch.no_grad()
+    def generate(
+        self,
+        seeds: Sequence[int],
+        cond: torch.Tensor | None,
+        steps: int = 18,
+        cutoff: Cutoff | None = None,
+        guidance: float = 1.0,
+        side: str = "ambient",
+        batch: int = 128,
+        bf16: bool = False,
+        progress: Callable[[float, str], None] | None = None,
+    ) -> torch.Tensor:
+        """Images of many seeds as the index takes them, in batches (the same start noise per seed as in any
+        other batch); ``cond`` from ``prompts.encode`` (one row per seed, or None)."""
+        cutoff = cutoff or Cutoff.ambient_alone()
+        per = batch if self.kind == "pixels" else max(1, min(batch, 8))
+        out = []
+        for start in range(0, len(seeds), per):
+            s = list(seeds[start : start + per])
+            c = None if cond is None else cond[start : start + per]
+            x = self.sample(s, c, steps, cutoff, guidance, side, bf16=bf16)
+            out.append(self.codec.to_index(self.codec.decode(x.float() if self.kind == "pixels" else x)))
+            if progress is not None:
+                progress(min(1.0, (start + len(s)) / len(seeds)), f"{start + len(s)}/{len(seeds)} samples")
+        return torch.cat(out).float()
+
+    def sweep_cutoff(
+        self,
+        cutoffs: Sequence[Cutoff | float],
+        seeds: Sequence[int],
+        prompts: Sequence[str] | None = None,
+        steps: int = 18,
+        class_ids: Sequence[int] | None = None,
+        reference: torch.Tensor | None = None,
+        classifier: Any = None,
+        guidance: float = 1.0,
+        bf16: bool = False,
+        progress: Callable[[float, str], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The hand-over sweep: per cutoff, samples of (Ambient above sigma_c, baseline below) and their scores
+        (``ambient.evaluate.score_samples``); a row's ``sigma_c`` is None for the baseline alone."""
+        from ambient.evaluate import score_samples
+
+        cond = self.prompts.encode(list(prompts)) if prompts else None
+        if cond is not None and len(cond) != len(seeds):
+            raise ValueError(f"{len(cond)} prompts for {len(seeds)} seeds")
+        cutoffs = [c if isinstance(c, Cutoff) else Cutoff(c) for c in cutoffs]
+        for c in cutoffs:
+            c.check(self.regime, self.sigma_n, sigma_max=self.sigma_max)
+        rows = []
+        for k, cut in enumerate(cutoffs):
+            inner = None
+            if progress is not None:
+
+                def inner(f: float, msg: str, k: int = k, cut: Cutoff = cut) -> None:
+                    progress((k + f) / len(cutoffs), f"{cut.label()}: {msg}")
+
+            x = self.generate(seeds, cond, steps, cut, guidance, bf16=bf16, progress=inner)
+            row = {"sigma_c": cut.to_json(), "models": cut.label()}
+            row.update(score_samples(x, self.index, class_ids, reference, classifier))
+            rows.append(row)
+        return rows
 
 
 def check_models(
@@ -209,7 +571,9 @@ def load_index(path: str | Path | None, train: Any, warnings: list[str] | None =
 
 def read_sweep(path: str | Path) -> dict[str, Any]:
     """A sigma_c sweep JSON (``python -m ambient evaluate`` writes one); ValueError when it is not one."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    from ambient.io import read_json
+
+    data = read_json(path)
     rows = data.get("sweep") if isinstance(data, dict) else None
     if (
         not isinstance(rows, list)

@@ -28,8 +28,6 @@ from PIL import Image
 
 from ambient import images
 from ambient.cutoff import Cutoff
-from ambient.evaluate import nearest_along
-from ambient.sampling import autocast, karras_sigmas
 from demo.pairs import ModelPair, PairError, PairRegistry
 
 MAX_IMAGES = 8
@@ -111,38 +109,33 @@ def check_mode(mode: Any) -> str:
 
 
 def check_sigma_c(value: Any, pair: ModelPair) -> float:
-    """sigma_c in [sigma_min, sigma_max] of the pair (its two ends: Ambient alone, baseline alone)."""
-    lo, hi = pair.sigma_min, pair.sigma_max
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise InputError(f"sigma_c must be a number from {lo:g} to {hi:g}, got {value!r}.")
-    v = float(value)
-    if not math.isfinite(v) or not lo * (1 - 1e-6) <= v <= hi * (1 + 1e-6):
-        raise InputError(
-            f"sigma_c must be a finite number from {lo:g} (Ambient alone) to {hi:g} (baseline alone), got {value!r}."
-        )
-    return min(max(v, lo), hi)
+    """sigma_c in the pair's range (``Pair.check_sigma_c``: its two ends as the user is told them), clamped to it."""
+    v = float(value) if isinstance(value, np.integer | np.floating) else value
+    try:
+        v = pair.check_sigma_c(v)
+    except ValueError as e:
+        raise InputError(f"{e}.") from e
+    return min(max(v, pair.sigma_min), pair.sigma_max)
 
 
 def check_cutoff(value: Any, mode: Any, pair: ModelPair) -> Cutoff:
     """The cutoff a request asks for: None is the pair's default, the slider's ends are the explicit ends.
 
-    A value at sigma_max in hand-over means the baseline alone; at sigma_min, the Ambient model alone (or the
-    full run when truncating). A high-noise-only Ambient model refuses a cutoff below its sigma_n.
+    A value at sigma_max (as the pair's range is shown, ``ambient.pair.show_end``) in hand-over means the baseline
+    alone; at sigma_min, the Ambient model alone (or the full run when truncating). A high-noise-only Ambient
+    model refuses a cutoff below its sigma_n.
     """
     mode = check_mode(mode)
     if value is None:
         cut = pair.default_cutoff()
         cut = cut if mode == cut.mode else Cutoff(cut.sigma_c, mode)
-    else:
-        sc = check_sigma_c(value, pair)
-        if mode == "handover" and sc >= pair.sigma_max:
-            cut = Cutoff.baseline_alone()
-        elif sc <= pair.sigma_min:
-            cut = Cutoff(0.0, mode)
-        else:
-            cut = Cutoff(sc, mode)
+        try:
+            return cut.check(pair.regime, pair.sigma_n, pair.sigma_min, pair.sigma_max)
+        except ValueError as e:
+            raise InputError(f"{e}.") from e
+    v = float(value) if isinstance(value, np.integer | np.floating) else value
     try:
-        return cut.check(pair.regime, pair.sigma_n, pair.sigma_min, pair.sigma_max)
+        return pair.cutoff_at(v, mode)
     except ValueError as e:
         raise InputError(f"{e}.") from e
 
@@ -356,12 +349,6 @@ class Handlers:
             self._log_pair_error(e)
             return self.registry.redact(e.markdown())
 
-    # -- text
-    def _cond(self, pair: ModelPair, prompt: str, n: int) -> torch.Tensor | None:
-        if not prompt or not pair.cond_dim:
-            return None
-        return self._cond_many(pair, [prompt]).expand(n, -1).clone()
-
     # -- 1, 2, 3, 5: generate side by side
     def generate(
         self,
@@ -423,55 +410,18 @@ class Handlers:
     def _run(
         self, p: ModelPair, req: dict[str, Any], on_step: StepCallback | None
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[tuple[float, torch.Tensor]]]]:
-        """Sample both sides from the same seeds; record every step's x0_hat (and report it to ``on_step``)."""
-        from ambient.sampling import sample
-
-        n, steps, cut = req["n"], req["steps"], req["cutoff"]
-        seeds = [(req["seed"] + i) % (MAX_SEED + 1) for i in range(n)]
-        if p.latent is not None:
-            return self._run_latent(p, req, seeds, on_step)
-        records: dict[str, list[tuple[float, torch.Tensor]]] = {"ambient": [], "baseline": []}
-
-        def recorder(side: str, total: int) -> Callable[[dict[str, Any]], None]:
-            def cb(info: dict[str, Any]) -> None:
-                d = p.to_data(info["denoised"].detach().float().cpu())  # at the training images' size
-                records[side].append((float(info["sigma"]), d))
-                if on_step is not None:
-                    on_step(side, {"i": int(info["i"]), "total": total, "sigma": float(info["sigma"]), "denoised": d})
-
-            return cb
-
-        common = {"seeds": seeds, "shape": p.image_shape, "cond": self._cond(p, req["prompt"], n), "steps": steps}
-        common |= {"guidance": req["guidance"], "sigma_min": p.sigma_min, "sigma_max": p.sigma_max}
-        total_a = (
-            steps
-            if cut.mode == "handover"
-            else max(1, len(cut.schedule(karras_sigmas(steps, p.sigma_min, p.sigma_max))) - 1)
-        )
+        """Both sides from the same seeds through the library (``Pair.side_by_side``), with x0_hat recorded."""
+        seeds = [(req["seed"] + i) % (MAX_SEED + 1) for i in range(req["n"])]
         try:
-            with autocast(p.device, self.bf16):
-                low = None if cut.mode == "truncate" else p.baseline
-                x_a = sample(p.ambient, low, sigma_c=cut, callback=recorder("ambient", total_a), **common)
-                x_b = sample(
-                    p.baseline, None, sigma_c=Cutoff.ambient_alone(), callback=recorder("baseline", steps), **common
-                )
-        except ValueError as e:
-            raise InputError(f"Sampling failed: {e}") from e
-        return p.to_data(x_a.float()), p.to_data(x_b.float()), records
-
-    @staticmethod
-    def _run_latent(
-        p: ModelPair, req: dict[str, Any], seeds: list[int], on_step: StepCallback | None
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[tuple[float, torch.Tensor]]]]:
-        """A latent pair samples in latent space and decodes (``ambient.latent_pair``); x0_hat at its recorded steps."""
-        try:
-            r = p.latent.side_by_side(seeds, req["prompt"], req["steps"], req["cutoff"], req["guidance"], on_step)
+            r = p.side_by_side(
+                seeds, req["prompt"], req["steps"], req["cutoff"], req["guidance"], on_step, bf16=self.bf16
+            )
         except torch.cuda.OutOfMemoryError as e:
             raise InputError(
                 f"The GPU ran out of memory for {len(seeds)} images a side: ask for fewer images, or try again when "
                 "fewer requests run at once."
             ) from e
-        except ValueError as e:
+        except (ValueError, ImportError, OSError) as e:  # a prompt encoder that cannot load or does not fit
             raise InputError(f"Sampling failed: {e}") from e
         return r.ambient, r.baseline, r.records
 
@@ -490,7 +440,7 @@ class Handlers:
         seeds = [(req["seed"] + i) % (MAX_SEED + 1) for i in range(n)]
         v_a = p.verdicts(p.index_input(x_a.float().cpu()), k=k)
         v_b = p.verdicts(p.index_input(x_b.float().cpu()), k=k)
-        traj = {side: self._trajectories(p, records[side], n, cut, side) for side in records}
+        traj = {side: p.trajectories(records[side], cut, side) or [[] for _ in range(n)] for side in records}
         u_a, u_b = _u8(x_a), _u8(x_b)
         return GenerateResult(
             pair=p.name,
@@ -509,30 +459,6 @@ class Handlers:
             seconds=seconds,
             notes=notes,
         )
-
-    @staticmethod
-    def _trajectories(
-        p: ModelPair, rec: list[tuple[float, torch.Tensor]], n: int, cut: Cutoff, side: str
-    ) -> list[list[dict[str, Any]]]:
-        """Per image: nearest-training-image similarity of x0_hat at every recorded step (one index search)."""
-        out: list[list[dict[str, Any]]] = [[] for _ in range(n)]
-        if not rec:
-            return out
-        sims, pos = nearest_along(p.index, [d for _, d in rec])
-        for step, (sigma, _) in enumerate(rec):
-            model = side if side == "baseline" else cut.owner(sigma)
-            for i in range(n):
-                j = int(pos[step, i])
-                out[i].append(
-                    {
-                        "sigma": sigma,
-                        "similarity": float(sims[step, i]),
-                        "position": j,
-                        "id": int(p.train.ids[j]),
-                        "model": model,
-                    }
-                )
-        return out
 
     # -- 6: check an image
     def check_image(self, pair: str | None, image: Any, k: Any = DEFAULT_K) -> CheckResult:
@@ -598,13 +524,8 @@ class Handlers:
         seed: Any = 10_000,
         progress: Callable[[float, str], None] | None = None,
     ) -> SweepView:
-        """Recompute the hand-over sweep now with ``ambient.evaluate.sweep_cutoff`` on ``n_seeds`` seeds."""
+        """Recompute the hand-over sweep now (``Pair.sweep_cutoff``, pixel or latent) on ``n_seeds`` seeds."""
         p = self.pair(pair)
-        if p.latent is not None:
-            raise InputError(
-                f"The live sweep runs on pixel-space pairs only; {p.spec.label} is a latent pair. Compare cutoffs "
-                "on the Generate tab, from the same seeds."
-            )
         n = check_int(n_seeds, "number of seeds", 1, MAX_SWEEP_SEEDS)
         points = check_int(points, "number of cutoffs", 2, 12)
         steps = check_int(steps, "steps", 1, MAX_STEPS)
@@ -618,20 +539,18 @@ class Handlers:
         prompts, class_ids = evaluate.prompt_plan(n, class_names)
         reference = p.reference.images if p.reference is not None else None
         try:
-            rows = evaluate.sweep_cutoff(
-                p.ambient,
-                p.baseline,
-                p.index,
+            rows = p.sweep_cutoff(
                 cutoffs,
                 list(range(seed, seed + n)),
-                self._cond_many(p, prompts),
+                prompts,
                 steps,
                 class_ids if class_names else None,
                 reference,
                 progress=progress,
-                size=p.data_shape[-1],
             )
-        except ValueError as e:
+        except torch.cuda.OutOfMemoryError as e:
+            raise InputError("The GPU ran out of memory for the live sweep: ask for fewer seeds.") from e
+        except (ValueError, ImportError, OSError) as e:
             raise InputError(f"The live sweep failed: {e}") from e
         md = (
             f"Live sweep of **{p.spec.label}**: {n} seeds x {len(cutoffs)} cutoffs, {steps} Heun steps, "
@@ -640,20 +559,6 @@ class Handlers:
         if p.reference is None:
             md += " Quality needs held-out images (`reference_data` in the config): memorization only here."
         return SweepView(rows, p.sigma_n, md)
-
-    def _cond_many(self, p: ModelPair, prompts: list[str]) -> torch.Tensor | None:
-        """The prompts through the library's one encoder path (``ambient.evaluate.encode_prompts``)."""
-        if not p.cond_dim or not any(prompts):
-            return None
-        from ambient.evaluate import encode_prompts
-
-        try:
-            with self._text_lock:
-                return encode_prompts(prompts, p.text_model, p.cond_dim)
-        except ValueError as err:  # a text encoder whose width is not the models'
-            raise InputError(f"{err}: fix 'text_model' of pair {p.name}.") from err
-        except (ImportError, OSError) as err:
-            raise InputError(f"The text encoder {p.text_model} could not be loaded: {err}") from err
 
 
 # ----------------------------------------------------------------------------- presentation (plain data)

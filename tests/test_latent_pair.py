@@ -120,9 +120,8 @@ class Spy(torch.nn.Module):
 
 def test_fine_tuned_pipelines_load_as_a_latent_pair(lat, handlers):
     p = handlers.pair("latent")
-    lp = p.latent
-    assert lp is not None and p.spec.kind == "latent" and p.default_steps == 6
-    assert p.image_shape == (3, 16, 16) and lp.latent_shape == (4, 8, 8) and lp.resolution == 16
+    assert p.kind == "latent" and p.spec.kind == "latent" and p.default_steps == 6
+    assert p.data_shape == (3, 16, 16) and p.image_shape == (4, 8, 8) and p.codec.resolution == 16
     assert p.sigma_n == SIGMA_N and p.regime == "all" and p.cond_dim == 16
     assert p.sigma_min == pytest.approx(0.0292, abs=1e-3) and p.sigma_max == pytest.approx(14.61, abs=0.01)
     assert len(p.train) == len(p.index) == len(CAPTIONS)
@@ -133,8 +132,8 @@ def test_fine_tuned_pipelines_load_as_a_latent_pair(lat, handlers):
     assert any("saved it to" in w for w in p.warnings)
     again = PairRegistry.from_path(lat["config"]).get("latent")  # the second load reads it back
     assert not any("built" in w for w in again.warnings)
-    assert again.latent.sigma_n == SIGMA_N and again.latent.settings["loss"] == "ambient"
-    assert again.latent.baseline_settings["loss"] == "baseline"
+    assert again.sigma_n == SIGMA_N and again.info["settings"]["loss"] == "ambient"
+    assert again.info["baseline_settings"]["loss"] == "baseline"
     st = handlers.pair_status("latent")
     assert "Latent pair" in st and "ambient loss" in st and "How to fix" not in st
 
@@ -190,14 +189,12 @@ def test_generate_side_by_side_through_the_handler(handlers):
         assert np.array_equal(a.image, b.image) and np.array_equal(b.image, b0.image)  # same seeds, same noise
     with pytest.raises(InputError, match="guidance scale"):
         handlers.generate("latent", "a red cat", 0, 1, 2, 25.0)
-    with pytest.raises(InputError, match="pixel-space pairs only"):
-        handlers.live_sweep("latent")
     c = handlers.check_training_image("latent", 2, 3)
     assert c.verdict.neighbours[0].position == 2 and c.verdict.similarity == pytest.approx(1, abs=1e-5)
 
 
 def test_handover_and_truncate_differ(handlers):
-    lp = handlers.pair("latent").latent
+    lp = handlers.pair("latent")
     runs = {}
     for mode in ("handover", "truncate"):
         spy = dataclasses.replace(lp, ambient=Spy(lp.ambient), baseline=Spy(lp.baseline))
@@ -211,19 +208,19 @@ def test_handover_and_truncate_differ(handlers):
     assert not torch.allclose(ho.ambient, tr.ambient, atol=1e-3)
     assert torch.equal(ho.baseline, tr.baseline)  # the baseline panel does not depend on the cutoff
     assert ho.ambient.shape == (2, 3, 16, 16) and ho.ambient.abs().max() <= 1
-    assert lp.default_steps == 18 and lp.record_steps(6, 3) == [0, 2, 5] and lp.record_steps(4, 8) == [0, 1, 2, 3]
-    full = dataclasses.replace(lp, settings={**lp.settings, "resolution": 512})
-    assert full.default_steps == 8  # a full-size pair starts with fewer steps (the README's 10 s estimate)
-    z = lp.sample_latents([0, 1], "a blue dog", 6, Cutoff(1.0, "truncate"))
-    assert torch.equal(lp.decode(z), tr.ambient)  # the output is the decoded estimate D(z, sigma_c)
+    assert lp.record_steps(6, 3) == [0, 2, 5] and lp.record_steps(4, 8) == [0, 1, 2, 3]
+    assert lpmod.default_steps(16) == 18  # the pair's own default (its config sets 6)
+    assert lpmod.default_steps(512) == 8  # a full-size pair starts with fewer steps (the README's 10 s estimate)
+    z = lp.sample([0, 1], lp.prompts.cond("a blue dog", 2), 6, Cutoff(1.0, "truncate"))
+    assert torch.equal(lp.codec.decode(z), tr.ambient)  # the output is the decoded estimate D(z, sigma_c)
 
 
 def test_classifier_free_guidance_scale_one_is_the_conditional_model(handlers):
-    lp = handlers.pair("latent").latent
+    lp = handlers.pair("latent")
     g = torch.Generator().manual_seed(0)
     x = 3 * torch.randn(2, 4, 8, 8, generator=g)
     sigma = torch.tensor(3.0)
-    cond, uncond = lp.encode(["a red cat", "small house"]), lp.uncond()
+    cond, uncond = lp.prompts.encode(["a red cat", "small house"]), lp.prompts.uncond()
     assert uncond.shape == (1, 12, 16) and not torch.equal(uncond[0], cond[0])
     with torch.no_grad():
         d_c, d_u = lp.ambient(x, sigma, cond), lp.ambient(x, sigma, uncond.expand(2, -1, -1))
@@ -237,12 +234,13 @@ def test_classifier_free_guidance_scale_one_is_the_conditional_model(handlers):
     with pytest.raises(ValueError, match="does not fit"):
         CFGDenoiser(lp.ambient, 2.0, torch.zeros(1, 12, 8))(x, sigma, cond)
 
-    plain = lp.sample_latents([5], "a red cat", 4, Cutoff.ambient_alone(), guidance=1.0)
-    direct = lp.sample_latents([5], "a red cat", 4, Cutoff.ambient_alone(), guidance=4.0)
+    red = lp.prompts.cond("a red cat", 1)
+    plain = lp.sample([5], red, 4, Cutoff.ambient_alone(), guidance=1.0)
+    direct = lp.sample([5], red, 4, Cutoff.ambient_alone(), guidance=4.0)
     assert not torch.allclose(plain, direct, atol=1e-4)
-    empty1 = lp.sample_latents([5], "", 4, Cutoff.ambient_alone(), guidance=1.0)
-    empty4 = lp.sample_latents([5], "", 4, Cutoff.ambient_alone(), guidance=4.0)
-    assert torch.equal(empty1, empty4)  # the empty prompt is the unconditional input: nothing to guide
+    empty1 = lp.side_by_side([5], "", 4, Cutoff.ambient_alone(), guidance=1.0, trajectory_points=0)
+    empty4 = lp.side_by_side([5], "", 4, Cutoff.ambient_alone(), guidance=4.0, trajectory_points=0)
+    assert torch.equal(empty1.ambient, empty4.ambient)  # the empty prompt is the unconditional input: nothing to guide
 
 
 # ---------------------------------------------------------------- what cannot load
