@@ -253,6 +253,28 @@ def balanced_subset(ds: ImageDataset, n: int, seed: int = 0) -> ImageDataset:
     return ds.subset(sorted(pos))
 
 
+HELDOUT_SEED = 1  # subset seed of the held-out test images every shipped evaluation and study used
+
+
+def heldout_reference(
+    n: int, folder: str | Path | None = None, size: int = 32, seed: int = HELDOUT_SEED
+) -> tuple[ImageDataset, ImageDataset]:
+    """The held-out real images of an evaluation of n samples: ``(reference, held_out)``, n Fashion-MNIST test
+    images each, disjoint. Both halves of one class-balanced subset of 2n test images (subset seed 1): samples'
+    Frechet distance is measured against ``reference``; ``held_out`` is scored like samples (the rates of a
+    generator that never copies)."""
+    if n < 1:
+        raise ValueError(f"the number of held-out images must be at least 1, got {n}")
+    test = load_fashion_mnist("test", folder, size)
+    if 2 * n > len(test):
+        raise ValueError(
+            f"{n} samples need 2 x {n} held-out test images (a reference half and a held-out half), but the test "
+            f"split has {len(test)}: use at most {len(test) // 2} samples"
+        )
+    both = balanced_subset(test, 2 * n, seed=seed)
+    return both.subset(list(range(n))), both.subset(list(range(n, 2 * n)))
+
+
 def caption(class_name: str, rng: random.Random) -> str:
     """A random caption for a class: a template around one of its synonyms."""
     names = SYNONYMS.get(class_name, [class_name])

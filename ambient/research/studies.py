@@ -29,8 +29,16 @@ def git_commit(repo: str | Path | None = None) -> str:
 
 
 def command_line(argv: list[str] | None = None) -> str:
-    """The command that is running (``python`` and ``sys.argv``), quoted so that a shell can run it again."""
-    return shlex.join(["python", *(sys.argv if argv is None else argv)])
+    """The command that is running (``python`` and ``sys.argv``), quoted so that a shell can run it again; a
+    script inside the checkout is named relative to it (``python benchmarks/run_all.py``, from any folder)."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv and argv[0].endswith(".py"):
+        root = Path(__file__).resolve().parents[2]
+        try:
+            argv[0] = str(Path(argv[0]).resolve().relative_to(root))
+        except ValueError:
+            pass  # a script outside the checkout keeps its path
+    return shlex.join(["python", *argv])
 
 
 def snapshots(run: Path) -> list[Path]:
@@ -76,7 +84,7 @@ def score_run(
     ``"classes"`` (spread over the classes, as every evaluation) or ``"empty"`` (all unconditional, as the
     app's default prompt).
     """
-    from ambient.data import balanced_subset, load_fashion_mnist, training_set_of
+    from ambient.data import heldout_reference, training_set_of
     from ambient.denoiser import load_denoiser
     from ambient.evaluate import encode_prompts, generate, prompt_plan, score_samples
     from ambient.memorization.neighbours import TrainingSetIndex
@@ -95,10 +103,10 @@ def score_run(
         if not ctx:  # one training set and one held-out reference per run
             train = training_set_of(snap)
             ctx["index"] = TrainingSetIndex(train.images, train.ids)
-            ref = balanced_subset(load_fashion_mnist("test"), 2 * n, seed=1)  # as evaluate_pair: half reference
-            ctx["reference"], held_out = ref.images[:n], ref.images[n:]
+            ref, held_out = heldout_reference(n)  # as evaluate_pair
+            ctx["reference"] = ref.images
             if None not in done:
-                r = score_samples(held_out, ctx["index"], ref.labels[n:].tolist(), ctx["reference"])
+                r = score_samples(held_out.images, ctx["index"], held_out.labels.tolist(), ctx["reference"])
                 rows.append({"run": str(run), "n_train": len(train), "step": None, "samples": "held-out", **r})
             if prompts == "empty":
                 texts, ctx["ids"] = [""] * n, [-1] * n
