@@ -20,9 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+import common  # benchmarks/common.py, beside this script
 
 NAME = "cold_start"
 TARGET_S = 10.0

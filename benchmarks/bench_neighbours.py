@@ -18,12 +18,9 @@ from __future__ import annotations
 import sys
 import time
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+import common  # benchmarks/common.py, beside this script
 
 NAME = "neighbours"
 TARGET_EXACT_60K_MS = 5.0

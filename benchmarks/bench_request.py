@@ -11,12 +11,9 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+import common  # benchmarks/common.py, beside this script
 
 NAME = "request"
 TARGET_MEDIAN_S = 1.5

@@ -16,9 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+import common  # benchmarks/common.py, beside this script
 
 NAME = "training"
 TARGET_SPEEDUP = 1.8

@@ -12,18 +12,14 @@ import json
 import math
 import os
 import platform
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = HERE.parent  # the checkout (its assets); the library itself is imported as installed (pip install -e .)
 
 DEFAULT_CONFIG = ROOT / "assets" / "pairs.json"
 DEFAULT_OUT = HERE / "results"
@@ -121,16 +117,6 @@ def env_info(threads: int) -> dict[str, Any]:
         "platform": platform.platform(),
         "loadavg_1_5_15": load,
     }
-
-
-def command_line() -> str:
-    """The command that is running, with the script path relative to the repository root."""
-    script = Path(sys.argv[0]).resolve()
-    try:
-        script_s = str(script.relative_to(ROOT))
-    except ValueError:
-        script_s = str(script)
-    return shlex.join(["python", script_s, *sys.argv[1:]])
 
 
 # ----------------------------------------------------------------------------- timing
@@ -265,45 +251,20 @@ def comparison(
 def _write_fallback_pair(folder: Path) -> Path:
     """A random-init pair of the project's architecture (1.1M-parameter UNet, cond 384) on a 100-image
     Fashion-MNIST subset with a pixel index, written where the registry can load it; returns its pairs.json."""
-    import torch
+    from ambient.tiny import make_tiny_pair
 
-    from ambient.denoiser import build_unet
-    from ambient.memorization.neighbours import TrainingSetIndex
-    from demo.tiny_pair import _images  # Fashion-MNIST subset, or synthetic blobs without the data set
-
-    root = folder / "fallback"
-    train = _images(100, 0)
-    common = {
-        "train_ids": list(train.ids),
-        "dataset": train.source,
-        "class_names": train.class_names,
-        "text_model": PAIR_TEXT_MODEL,
-        "seed": 0,
-        "steps": 0,
-        "note": "random-init benchmark fallback (benchmarks/common.py)",
-    }
-    torch.manual_seed(0)
-    amb = build_unet(PAIR_COND_DIM, 32, 1, PAIR_CHANNELS, meta={**common, "loss": "ambient", "sigma_n": 0.5})
-    torch.manual_seed(1)
-    base = build_unet(PAIR_COND_DIM, 32, 1, PAIR_CHANNELS, meta={**common, "loss": "baseline", "sigma_n": None})
-    amb.save_pretrained(root / "ambient")
-    base.save_pretrained(root / "baseline")
-    train.save_npz(root / "train.npz")
-    TrainingSetIndex(train.images, list(train.ids)).save(root / "index")
-    entry = {
-        "name": "bench-fallback",
-        "title": "Random-init pair (benchmark fallback)",
-        "kind": "edm",
-        "ambient": "fallback/ambient",
-        "baseline": "fallback/baseline",
-        "train_data": "fallback/train.npz",
-        "index": "fallback/index",
-        "text_model": PAIR_TEXT_MODEL,
-        "sigma_n": 0.5,
-    }
-    config = folder / "pairs.json"
-    config.write_text(json.dumps({"default": "bench-fallback", "pairs": [entry]}, indent=2) + "\n")
-    return config
+    return make_tiny_pair(
+        folder,
+        name="bench-fallback",
+        n=100,
+        seed=0,
+        sigma_n=0.5,
+        text_model=PAIR_TEXT_MODEL,
+        channels=PAIR_CHANNELS,
+        title="Random-init pair (benchmark fallback)",
+        description="Untrained random networks of the shipped pair's architecture: timings only.",
+        note="random-init benchmark fallback (benchmarks/common.py)",
+    )
 
 
 def load_pair(config: str | Path, workdir: str | Path) -> tuple[Any, Any, dict[str, Any]]:
@@ -356,9 +317,9 @@ def load_pair(config: str | Path, workdir: str | Path) -> tuple[Any, Any, dict[s
 
 def heldout_images(n: int, seed: int = 1) -> tuple[Any, str]:
     """n held-out Fashion-MNIST test images (balanced), or synthetic blobs when the data set is missing."""
-    from demo.tiny_pair import _images
+    from ambient.tiny import images_or_blobs
 
-    ds = _images(n, seed, "test")
+    ds = images_or_blobs(n, seed, "test")
     return ds, ds.source
 
 
@@ -393,6 +354,8 @@ def result(
     **sections: Any,
 ) -> dict[str, Any]:
     """The common JSON envelope of one benchmark."""
+    from ambient.research.studies import command_line
+
     payload: dict[str, Any] = {
         "benchmark": name,
         "title": title,

@@ -16,9 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+import common  # benchmarks/common.py, beside this script
 
 # (name, script): cold start first, while the file cache is as cold as this run gets
 BENCHMARKS = [
@@ -42,7 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     selected = [b for b in BENCHMARKS if args.only is None or b[0] in args.only.split(",")]
     if not selected:
         raise SystemExit(f"--only names none of {names}")
-    command = common.command_line()
     t0 = time.perf_counter()
     runs = []
     for name, script in selected:
@@ -62,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         path = out / f"{r['name']}.json"
         if r["returncode"] == 0 and path.is_file():
             results.append(json.loads(path.read_text()))
+    from ambient.research.studies import command_line  # imports torch: not before the cold start ran
+
+    command = command_line()
     record = {"command": command, "quick": args.quick, "threads": args.threads, "total_s": total, "runs": runs}
     (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
     text = common.render_readme(results, command, total, args.quick)

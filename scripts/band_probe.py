@@ -16,20 +16,17 @@ Usage (models by name=folder, configurations as "label=model@2,model@0.5,model@0
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from ambient.data import balanced_subset, downsample_pixels, load_fashion_mnist, load_npz  # noqa: E402
-from ambient.denoiser import load_denoiser  # noqa: E402
-from ambient.evaluate import encode_prompts, prompt_plan, score_samples, write_json  # noqa: E402
-from ambient.memorization.neighbours import TrainingSetIndex  # noqa: E402
-from ambient.research.studies import command_line, git_commit  # noqa: E402
-from ambient.sampling import BandDenoiser, sample  # noqa: E402
+from ambient.data import downsample_pixels, heldout_reference, load_npz
+from ambient.denoiser import load_denoiser
+from ambient.evaluate import encode_prompts, prompt_plan, score_samples, write_json
+from ambient.memorization.neighbours import TrainingSetIndex
+from ambient.research.studies import command_line, git_commit
+from ambient.sampling import BandDenoiser, sample
 
 
 def parse_config(text: str) -> tuple[str, list[tuple[float, str]]]:
@@ -67,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"configuration {label!r} names unknown models {sorted(missing)}")
     train = load_npz(a.pair_dir / "train.npz")
     index = TrainingSetIndex(train.images, train.ids)
-    ref = balanced_subset(load_fashion_mnist("test"), 2 * a.n, seed=1)
-    reference = ref.images[: a.n]
+    reference = heldout_reference(a.n)[0].images
     first = next(iter(models.values()))
     prompts, ids = prompt_plan(a.n, first.meta.get("class_names"))
     cond = encode_prompts(prompts, first.meta.get("text_model"), first.cond_dim)

@@ -20,11 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import torch
 
-import torch  # noqa: E402
-
-from ambient.denoiser import (  # noqa: E402
+from ambient.denoiser import (
     CARD_NAME,
     CONFIG_NAME,
     LEGACY_CONFIG_NAME,

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from ambient.denoiser import load_denoiser  # noqa: E402
-from ambient.evaluate import write_json  # noqa: E402
-from ambient.research.studies import command_line, score_run  # noqa: E402
+from ambient.denoiser import load_denoiser
+from ambient.evaluate import write_json
+from ambient.research.studies import command_line, score_run
 
 SAME = ("n", "steps", "seed", "baseline", "sigma_c", "mode")  # settings that rows of one file must share
 

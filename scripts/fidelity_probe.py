@@ -13,19 +13,16 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from ambient.evaluate import encode_prompts, generate, prompt_plan, write_json  # noqa: E402
-from ambient.memorization.classifier import load_default_classifier, predict_logits  # noqa: E402
-from ambient.memorization.metrics import bootstrap_rate_ci  # noqa: E402
-from ambient.pair import load_pair  # noqa: E402
-from ambient.research.studies import command_line, git_commit  # noqa: E402
+from ambient.evaluate import encode_prompts, generate, prompt_plan, write_json
+from ambient.memorization.classifier import load_default_classifier, predict_logits
+from ambient.memorization.metrics import bootstrap_rate_ci
+from ambient.pair import load_pair
+from ambient.research.studies import command_line, git_commit
 
 
 def share(mask: np.ndarray, of: np.ndarray) -> dict[str, float | int | list[float]]:

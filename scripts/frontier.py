@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ambient.evaluate import write_json  # noqa: E402
-from ambient.research import frontier  # noqa: E402
-from ambient.research.studies import command_line, git_commit  # noqa: E402
+from ambient.evaluate import write_json
+from ambient.research import frontier
+from ambient.research.studies import command_line, git_commit
 
 
 def main(argv: list[str] | None = None) -> int:

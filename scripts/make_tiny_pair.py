@@ -6,10 +6,6 @@ python scripts/make_tiny_pair.py /tmp/tiny        # then: python app.py --config
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sigma-n", type=float, default=1.0, help="training cutoff recorded for the Ambient model")
     ap.add_argument("--reference-n", type=int, default=0, help="held-out images for the live quality score")
     args = ap.parse_args(argv)
-    from demo.tiny_pair import make_tiny_pair
+    from ambient.tiny import make_tiny_pair
 
     path = make_tiny_pair(args.folder, args.name, args.n, args.seed, args.sigma_n, args.reference_n)
     print(f"wrote {path}")

@@ -12,21 +12,18 @@ Usage: python scripts/noisy_copy_probe.py runs/ambient_high/snapshots/step_00150
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from ambient.data import balanced_subset, load_fashion_mnist, training_set_of  # noqa: E402
-from ambient.denoiser import load_denoiser  # noqa: E402
-from ambient.evaluate import encode_prompts, prompt_plan, write_json  # noqa: E402
-from ambient.losses import fixed_noise  # noqa: E402
-from ambient.memorization.neighbours import TrainingSetIndex  # noqa: E402
-from ambient.research.studies import command_line  # noqa: E402
-from ambient.sampling import initial_noise, karras_sigmas, sample_heun, truncate_sigmas  # noqa: E402
+from ambient.data import heldout_reference, training_set_of
+from ambient.denoiser import load_denoiser
+from ambient.evaluate import encode_prompts, prompt_plan, write_json
+from ambient.losses import fixed_noise
+from ambient.memorization.neighbours import TrainingSetIndex
+from ambient.research.studies import command_line
+from ambient.sampling import initial_noise, karras_sigmas, sample_heun, truncate_sigmas
 
 
 def ratio_rate(x: torch.Tensor, points: torch.Tensor, threshold: float = 1 / 3) -> tuple[float, float]:
@@ -44,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=10_000)
     p.add_argument("--out", type=Path, default=Path("assets/fmnist-100/studies/noisy_copy_probe.json"))
     a = p.parse_args(argv)
-    held_out = balanced_subset(load_fashion_mnist("test"), a.n, seed=1).images  # the control: once for all models
+    held_out = heldout_reference(a.n)[1].images  # the control, once for all models: the evaluations' held-out half
     fresh = torch.randn(held_out.shape, generator=torch.Generator().manual_seed(0))
     seeds = list(range(a.seed, a.seed + a.n))
     rows = []

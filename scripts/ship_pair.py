@@ -21,15 +21,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import torch
 
-import torch  # noqa: E402
-
-from ambient.data import training_set_of  # noqa: E402
-from ambient.denoiser import CARD_NAME, EDMDenoiser, is_model_dir  # noqa: E402
-from ambient.evaluate import evaluate_pair  # noqa: E402
-from ambient.memorization.neighbours import TrainingSetIndex  # noqa: E402
-from ambient.research.studies import command_line  # noqa: E402
+from ambient.data import training_set_of
+from ambient.denoiser import CARD_NAME, EDMDenoiser, is_model_dir
+from ambient.evaluate import evaluate_pair
+from ambient.memorization.neighbours import TrainingSetIndex
+from ambient.research.studies import command_line
 
 DATA_NOTE = """# Training images: Fashion-MNIST subset
 

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from ambient.memorization.classifier import DEFAULT_CLASSIFIER_DIR, train_classifier  # noqa: E402
+from ambient.memorization.classifier import DEFAULT_CLASSIFIER_DIR, train_classifier
 
 
 def main(argv: list[str] | None = None) -> int:

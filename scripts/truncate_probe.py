@@ -6,22 +6,20 @@ Usage: python scripts/truncate_probe.py [assets/fmnist-100] [n]   -> <pair>/eval
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from ambient.data import balanced_subset, load_fashion_mnist, load_npz  # noqa: E402
-from ambient.denoiser import load_denoiser  # noqa: E402
-from ambient.evaluate import encode_prompts, generate, prompt_plan, score_samples, write_json  # noqa: E402
-from ambient.memorization.neighbours import TrainingSetIndex  # noqa: E402
-from ambient.research.studies import command_line  # noqa: E402
+from ambient.data import heldout_reference, load_npz
+from ambient.denoiser import load_denoiser
+from ambient.evaluate import encode_prompts, generate, prompt_plan, score_samples, write_json
+from ambient.memorization.neighbours import TrainingSetIndex
+from ambient.research.studies import command_line
 
 P = Path(sys.argv[1] if len(sys.argv) > 1 else "assets/fmnist-100")
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 200
 torch.set_num_threads(1)
 train = load_npz(P / "train.npz")
 index = TrainingSetIndex.load(P / "index", train.images)
-test = balanced_subset(load_fashion_mnist("test"), 2 * n, seed=1)
+reference = heldout_reference(n)[0].images
 models = {k: load_denoiser(P / k) for k in ["ambient_high", "ambient", "baseline"] if (P / k).is_dir()}
 prompts, ids = prompt_plan(n, models["ambient"].meta["class_names"])
 cond = encode_prompts(prompts, models["ambient"].meta["text_model"], models["ambient"].cond_dim)
@@ -29,7 +27,7 @@ out = []
 for name, model in models.items():
     for sc in [0.5, 1.0, 2.0]:
         x = generate(model, None, list(range(10000, 10000 + n)), cond, 18, sc, "truncate", 1.0, bf16=True)
-        r = score_samples(x, index, ids, test.images[:n])
+        r = score_samples(x, index, ids, reference)
         row = {
             "model": name,
             "truncate_at": sc,
