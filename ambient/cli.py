@@ -120,9 +120,16 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 def _run_sample(args: argparse.Namespace) -> int:
     from ambient.denoiser import load_denoiser
-    from ambient.evaluate import encode_prompts, generate
+    from ambient.evaluate import encode_prompts, generate, is_latent_folder
     from ambient.images import save_grid
 
+    if is_latent_folder(args.model):
+        print(
+            f"error: {args.model} is a fine-tuned latent pipeline: sample it as a pair (python app.py with it in "
+            "pairs.json, or python -m ambient evaluate --ambient ... --baseline ...)",
+            file=sys.stderr,
+        )
+        return 2
     amb = load_denoiser(args.model)
     base = load_denoiser(args.baseline) if args.baseline else None
     cond = encode_prompts([args.prompt] * args.n, getattr(amb, "meta", {}).get("text_model"), amb.cond_dim)
@@ -171,9 +178,21 @@ def _run_index(args: argparse.Namespace) -> int:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "evaluate", "memorization, quality and the sigma_c sweep of a model pair")
-    p.add_argument("--ambient", required=True, help="Ambient model folder (used above sigma_c)")
-    p.add_argument("--baseline", required=True, help="baseline model folder (used below sigma_c)")
-    p.add_argument("--pair-dir", required=True, help="folder with train.npz and index/ (from 'index')")
+    p.add_argument(
+        "--ambient", required=True, help="Ambient model folder, or fine-tuned latent pipeline (used above sigma_c)"
+    )
+    p.add_argument("--baseline", required=True, help="baseline model folder or pipeline (used below sigma_c)")
+    p.add_argument(
+        "--pair-dir",
+        default=None,
+        help="pixel pair: folder with train.npz and index/ (from 'index'); latent pair: folder whose index/ is "
+        "loaded, or built and saved there the first time (default: built in memory)",
+    )
+    p.add_argument(
+        "--embedder",
+        default=None,
+        help="latent pair: image embedder of a newly built index (default efficientnet-lite0; 'pixels' is fastest)",
+    )
     p.add_argument("--n", type=int, default=1000, help="samples per model for the main comparison")
     p.add_argument("--sweep-n", type=int, default=256, help="samples per sigma_c in the sweep")
     p.add_argument("--sweep-points", type=int, default=9, help="log-spaced sigma_c values in [sigma_min, sigma_max]")
@@ -201,9 +220,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         guidance=args.guidance,
         seed=args.seed,
         bf16=args.bf16,
+        embedder=args.embedder,
     )
     for name in ("reference", "baseline", "ambient"):
         r = report[name]
+        if not r:  # no held-out reference for this pair
+            continue
         print(
             f"{name:10s} cos>0.95 {r['rate_similarity']['0.95']:.3f}  ratio<1/3 {r['rate_ratio']:.3f}  "
             f"FD {r.get('frechet_distance', float('nan')):.2f}"

@@ -460,6 +460,9 @@ def load_pair(spec: PairSpec, resolve: Resolve = resolve_relative, device: str =
     pair.frontier, pair.frontier_plot = _read_frontier(spec, resolve, pair.warnings, len(pair.train))
     if spec.steps:
         pair.default_steps = spec.steps
+    # the warnings are shown to visitors: paths under the config's folder are given relative to it
+    root = str(spec.base_dir.resolve()) + os.sep
+    pair.warnings[:] = [w.replace(root, "") for w in pair.warnings]
     return pair
 
 

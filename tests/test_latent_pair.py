@@ -355,3 +355,87 @@ def test_generate_through_the_api(handlers):
                 assert all(-1 <= n["similarity"] <= 1 for n in item["neighbours"])
     finally:
         demo.close()
+
+
+# ---------------------------------------------------------------- one Pair: the study, the sweep and the trajectories
+
+
+def test_the_live_sweep_runs_on_a_latent_pair(handlers):
+    p = handlers.pair("latent")
+    sv = handlers.live_sweep("latent", n_seeds=2, points=2, steps=2)
+    models = [r["models"] for r in sv.rows]
+    assert models[-1] == "the baseline alone" and sv.rows[-1]["sigma_c"] is None
+    assert sv.rows[0]["sigma_c"] == pytest.approx(p.sigma_min, rel=1e-4)  # the left end: where the range starts
+    assert any(r["sigma_c"] == SIGMA_N for r in sv.rows)  # the training cutoff is always one of them
+    assert all(r["n"] == 2 and 0 <= r["rate_ratio"] <= 1 for r in sv.rows)
+    # the baseline-alone row scores the images the library makes of those seeds, by the same verdicts
+    x = p.generate([10_000, 10_001], p.prompts.encode(["", ""]), 2, Cutoff.baseline_alone())
+    assert x.shape == (2, *p.data_shape)
+    v = p.verdicts(x, k=2)
+    assert sv.rows[-1]["rate_ratio"] == pytest.approx(sum(bool(x.copy_by_ratio) for x in v) / 2)
+    assert sv.rows[-1]["mean_similarity"] == pytest.approx(sum(float(x.similarity) for x in v) / 2, abs=1e-4)
+
+
+def test_python_m_ambient_evaluate_runs_on_a_latent_pair(lat, tmp_path, capsys):
+    from ambient.cli import main
+    from ambient.pair import read_sweep
+
+    out, pair_dir = tmp_path / "eval", tmp_path / "pair"
+    argv = ["evaluate", "--ambient", str(lat["ambient"]), "--baseline", str(lat["baseline"])]
+    argv += ["--pair-dir", str(pair_dir), "--out", str(out), "--n", "3", "--sweep-n", "2", "--sweep-points", "2"]
+    argv += ["--steps", "2", "--embedder", "pixels", "--no-bf16"]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["kind"] == "latent" and report["settings"]["embedder"] == "pixels"
+    assert report["baseline"]["n"] == report["ambient"]["n"] == 3
+    sweep = read_sweep(out / "sweep.json")["sweep"]
+    assert sweep[-1]["sigma_c"] is None and sweep[0]["sigma_c"] == pytest.approx(0.0292, abs=1e-3)
+    assert SIGMA_N in [r["sigma_c"] for r in sweep]
+    assert (out / "sweep.png").is_file() and (out / "samples_ambient.png").is_file()
+    assert (pair_dir / "index" / "meta.json").is_file()  # built once, kept beside the study
+    assert "report ->" in capsys.readouterr().out
+
+
+def test_the_moment_of_copying_is_one_function_for_the_app_and_the_study(handlers):
+    from ambient.evaluate import copy_trajectory
+
+    p = handlers.pair("latent")
+    r = handlers.generate("latent", "a red cat", 3, 1, 6, 1.0, None, "handover")
+    rows = copy_trajectory(p, 3, "a red cat", 6)
+    assert rows == r.ambient[0].trajectory and len(rows) == 3  # trajectory_points: 3 of the 6 steps
+    assert [t["model"] for t in rows] == ["ambient"] * 3
+    base = copy_trajectory(p, 3, "a red cat", 6, side="baseline")
+    assert base == r.baseline[0].trajectory and {t["model"] for t in base} == {"baseline"}
+
+
+def test_the_description_publishes_no_server_path(lat, handlers):
+    status = handlers.pair_status("latent")
+    assert str(lat["root"]) not in status and "/tmp" not in status
+    assert "from pipe," in status  # the pretrained pipeline, relative to the config's folder
+    assert lpmod.public_source("/srv/models/sd15") == "a local folder .../sd15"
+    assert lpmod.public_source("runwayml/stable-diffusion-v1-5") == "runwayml/stable-diffusion-v1-5"
+    assert lpmod.public_source("hub:owner/name") == "owner/name"
+
+
+def test_the_ends_a_user_is_told_are_the_ends_that_act(handlers):
+    from demo import handlers as h
+
+    p = handlers.pair("latent")
+    with pytest.raises(InputError) as e:
+        handlers.generate("latent", "a red cat", 0, 1, 2, 1.0, 100.0)
+    m = re.search(r"from ([\d.]+) \(Ambient alone\) to ([\d.]+) \(baseline alone\)", str(e.value))
+    lo, hi = float(m.group(1)), float(m.group(2))
+    assert hi != p.sigma_max and lo != p.sigma_min  # printed to 6 digits, not the floats themselves
+    assert h.check_cutoff(hi, "handover", p).is_baseline_alone
+    assert h.check_cutoff(lo, "handover", p) == Cutoff.ambient_alone()
+    assert h.check_cutoff(lo, "truncate", p) == Cutoff(0.0, "truncate")
+    inside = h.check_cutoff(hi * 0.999, "handover", p)
+    assert not inside.is_baseline_alone and inside.sigma_c == pytest.approx(hi * 0.999)
+    for value, ambient_calls in ((hi, 0), (hi * 0.999, 1)):  # the told top runs no Ambient step; inside it, one
+        spy = dataclasses.replace(p, ambient=Spy(p.ambient), baseline=Spy(p.baseline))
+        spy.side_by_side([0], "a red cat", 4, h.check_cutoff(value, "handover", p), trajectory_points=0)
+        assert len(spy.ambient.sigmas) == ambient_calls
+    spy = dataclasses.replace(p, ambient=Spy(p.ambient), baseline=Spy(p.baseline))
+    spy.side_by_side([0], "a red cat", 4, h.check_cutoff(lo, "handover", p), trajectory_points=0)
+    n_base = 2 * 4 - 1  # the baseline panel's own Heun run
+    assert len(spy.baseline.sigmas) == n_base  # the told bottom: no baseline step in the Ambient panel
