@@ -1,9 +1,10 @@
-"""What a visitor gets: a pair measured through the app's own generate handler at its default settings.
+"""What a visitor gets: a pair measured through the library's side-by-side sampling at the app's defaults.
 
-Requests of 8 images go through ``demo.handlers.Handlers.generate`` exactly as the Generate button sends
-them (empty prompt, 18 Heun steps, guidance 1, the pair's default cutoff, hand-over), from seeds that
-appear nowhere else in the repository. The verdicts the app shows (ratio test, cosine) are counted, with
-95 % bootstrap intervals, and the Frechet distance of each side is measured against held-out test images.
+Requests of 8 images (the app's largest) go through ``ambient.pair.Pair.side_by_side`` exactly as the Generate
+button sends them (empty prompt, 18 Heun steps, guidance 1, the pair's default cutoff, hand-over, bf16 where the
+CPU has it), from seeds that appear nowhere else in the repository. The verdicts the app shows (ratio test,
+cosine) are counted, with 95 % bootstrap intervals, and the Frechet distance of each side is measured against
+held-out test images.
 
 Usage:
   python scripts/app_defaults.py --pair fmnist-100 --n 512 --out assets/fmnist-100/studies/app_defaults.json
@@ -12,47 +13,51 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from ambient.data import balanced_subset, load_fashion_mnist  # noqa: E402
-from ambient.evaluate import write_json  # noqa: E402
-from ambient.memorization.metrics import bootstrap_rate_ci, frechet_report  # noqa: E402
-from ambient.research.studies import command_line, git_commit  # noqa: E402
-from demo.handlers import MAX_IMAGES, Handlers  # noqa: E402
-from demo.pairs import PairRegistry  # noqa: E402
+from ambient.data import heldout_reference, to_uint8
+from ambient.evaluate import write_json
+from ambient.memorization.metrics import bootstrap_rate_ci, frechet_report
+from ambient.pairs_config import load_config, load_pair
+from ambient.research.studies import command_line, git_commit
 
 FIRST_SEED = 7_777_000  # used nowhere else in the repository
+REQUEST_IMAGES = 8  # the app's largest request (demo.handlers.MAX_IMAGES)
+APP_STEPS = 18  # the Generate tab's steps
+APP_NEIGHBOURS = 4  # the neighbours the app searches per image
 
 
-def measure(H: Handlers, pair_name: str | None, n: int, seed: int) -> dict:
-    """n samples a side through ``H.generate`` at the UI's defaults; the verdicts it returned, counted."""
-    pair = H.pair(pair_name)
-    sides: dict[str, list] = {"ambient": [], "baseline": []}
-    cutoff = None
-    for start in range(0, n, MAX_IMAGES):
-        r = H.generate(pair.name, "", seed + start, min(MAX_IMAGES, n - start))  # the UI's defaults
-        cutoff = r.cutoff
-        sides["ambient"] += r.ambient
-        sides["baseline"] += r.baseline
-    test = balanced_subset(load_fashion_mnist("test"), 2 * n, seed=1)  # as evaluate_pair
-    out = {"pair": pair.name, "cutoff": cutoff.label() if cutoff else None, "n": n, "first_seed": seed}
-    for side, samples in sides.items():
-        k_ratio = sum(s.verdict.copy_by_ratio for s in samples)
-        k_cos = sum(s.verdict.similarity > 0.95 for s in samples)
-        x = torch.stack([torch.from_numpy(s.image).permute(2, 0, 1).float() / 127.5 - 1 for s in samples])
-        x = x[:, : pair.image_shape[0]]
-        fd = frechet_report(x, test.images[:n])
+def measure(pair: Any, n: int, seed: int, bf16: bool | None = None) -> dict:
+    """n samples a side as the app's Generate button makes them at its defaults; their verdicts, counted."""
+    from ambient.training import cpu_has_bf16
+
+    bf16 = cpu_has_bf16() if bf16 is None else bf16
+    cut = pair.default_cutoff()
+    images: dict[str, list[torch.Tensor]] = {"ambient": [], "baseline": []}
+    verdicts: dict[str, list[Any]] = {"ambient": [], "baseline": []}
+    for start in range(0, n, REQUEST_IMAGES):
+        seeds = [seed + start + i for i in range(min(REQUEST_IMAGES, n - start))]
+        r = pair.side_by_side(seeds, "", APP_STEPS, cut, 1.0, trajectory_points=0, bf16=bf16)
+        for side, x in (("ambient", r.ambient), ("baseline", r.baseline)):
+            verdicts[side] += pair.verdicts(pair.index_input(x.float().cpu()), k=APP_NEIGHBOURS)
+            images[side].append(torch.from_numpy(to_uint8(x.float().cpu())))  # what the app shows
+    reference, _ = heldout_reference(n)  # the images evaluate_pair measures against
+    out = {"pair": pair.name, "cutoff": cut.label(), "n": n, "first_seed": seed}
+    for side, vs in verdicts.items():
+        k_ratio = sum(bool(v.copy_by_ratio) for v in vs)
+        k_cos = sum(float(v.similarity) > 0.95 for v in vs)
+        x = torch.cat(images[side]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        x = x[:, : pair.data_shape[0]]
+        fd = frechet_report(x, reference.images)
         out[side] = {
-            "rate_ratio": k_ratio / len(samples),
-            "rate_ratio_ci95": list(bootstrap_rate_ci(k_ratio, len(samples))),
-            "rate_cos_0.95": k_cos / len(samples),
-            "rate_cos_0.95_ci95": list(bootstrap_rate_ci(k_cos, len(samples))),
+            "rate_ratio": k_ratio / len(vs),
+            "rate_ratio_ci95": list(bootstrap_rate_ci(k_ratio, len(vs))),
+            "rate_cos_0.95": k_cos / len(vs),
+            "rate_cos_0.95_ci95": list(bootstrap_rate_ci(k_cos, len(vs))),
             "frechet_distance": fd["frechet_distance"],
             "feature_space": fd.get("feature_space"),
         }
@@ -68,9 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=FIRST_SEED, help="first seed")
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
     a = p.parse_args(argv)
-    H = Handlers(PairRegistry.from_path(a.config))
+    cfg = load_config(a.config)
+    name = a.pair or cfg.default
+    spec = next((s for s in cfg.specs if s.name == name), None)
+    if spec is None:
+        raise SystemExit(cfg.errors[name] if name in cfg.errors else f"no pair {name!r} in {a.config}")
+    pair = load_pair(spec)
     t0 = time.perf_counter()
-    out = measure(H, a.pair, a.n, a.seed)
+    out = measure(pair, a.n, a.seed)
     out |= {
         "seconds": round(time.perf_counter() - t0, 1),
         "commit": git_commit(),

@@ -13,18 +13,15 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ambient.cutoff import Cutoff  # noqa: E402
-from ambient.data import balanced_subset, load_fashion_mnist  # noqa: E402
-from ambient.evaluate import encode_prompts, generate, prompt_plan, score_samples, write_json  # noqa: E402
-from ambient.memorization.metrics import bootstrap_rate_ci  # noqa: E402
-from ambient.research.studies import command_line, git_commit  # noqa: E402
-from demo.pairs import PairRegistry  # noqa: E402
+from ambient.cutoff import Cutoff
+from ambient.data import heldout_reference
+from ambient.evaluate import prompt_plan, score_samples, write_json
+from ambient.memorization.metrics import bootstrap_rate_ci
+from ambient.pairs_config import load_config, load_pair
+from ambient.research.studies import command_line, git_commit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,22 +37,23 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.n < 2 or any(g < 0 for g in a.guidance):
         p.error("--n must be at least 2 and every guidance scale at least 0")
-    pair = PairRegistry.from_path(a.config).get(a.pair)
-    meta = pair.ambient.meta
-    if not pair.ambient.cond_dim:
+    cfg = load_config(a.config)
+    name = a.pair or cfg.default
+    spec = next((s for s in cfg.specs if s.name == name), None)
+    if spec is None:
+        p.error(str(cfg.errors[name]) if name in cfg.errors else f"no pair {name!r} in {a.config}")
+    pair = load_pair(spec)
+    if not pair.cond_dim:
         p.error(f"pair {pair.name!r} is unconditional: guidance does not apply")
-    prompts, ids = prompt_plan(a.n, meta.get("class_names"))
-    cond = encode_prompts(prompts, meta.get("text_model"), pair.ambient.cond_dim)
-    reference = balanced_subset(load_fashion_mnist("test"), 2 * a.n, seed=1).images[: a.n]
+    prompts, ids = prompt_plan(a.n, (getattr(pair.ambient, "meta", {}) or {}).get("class_names"))
+    cond = pair.prompts.encode(prompts)
+    reference = heldout_reference(a.n)[0].images
     seeds = list(range(a.seed, a.seed + a.n))
     cut = pair.default_cutoff()
     rows, t0 = [], time.perf_counter()
     for g in a.guidance:
-        for side, model, low, c in (
-            ("baseline", pair.baseline, None, Cutoff.ambient_alone()),
-            ("ambient", pair.ambient, None if cut.is_ambient_alone else pair.baseline, cut),
-        ):
-            x = generate(model, low, seeds, cond, a.steps, c, guidance=g, bf16=True)
+        for side, c in (("baseline", Cutoff.ambient_alone()), ("ambient", cut)):
+            x = pair.generate(seeds, cond, a.steps, c, g, side=side, bf16=True)
             r = score_samples(x, pair.index, ids, reference)
             k = round(r["rate_ratio"] * len(x))
             rows.append(

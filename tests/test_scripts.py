@@ -52,7 +52,7 @@ def test_app_defaults_counts_the_verdicts_the_generate_handler_returns(tiny):
     H = Handlers(PairRegistry.from_path(tiny))
     p = H.pair("tiny")
     p.baseline = Memorizer(p.train.images)  # replays its training images: every sample a copy
-    data = script.measure(H, "tiny", 16, 7)
+    data = script.measure(p, 16, 7)  # as the Generate button makes them
     assert data["n"] == 16 and data["pair"] == "tiny" and data["cutoff"] == "the Ambient model alone"
     assert data["baseline"]["rate_ratio"] == 1.0 and data["baseline"]["rate_cos_0.95"] == 1.0
     assert data["ambient"]["rate_ratio"] == 0.0  # the untrained network makes no copies
@@ -77,3 +77,49 @@ def test_fidelity_probe_splits_fidelity_over_copies_and_the_rest(tiny, tmp_path)
         d = data[side]
         assert d["prompt_fidelity"]["n"] == 11  # every 11th sample is unconditional (prompt_plan)
         assert d["copies_classifier_right"]["n"] + d["others_classifier_right"]["n"] == 11
+
+
+# Scripts and benchmarks that time or measure the app itself (its Handlers): the only ones that may import demo.
+APP_MEASUREMENTS = {"benchmarks/bench_request.py", "benchmarks/bench_flops.py", "scripts/similarity.py"}
+
+
+def _imports_and_path_edits(path: Path) -> tuple[set[str], list[int]]:
+    """The top-level packages a file imports, and the lines where it changes sys.path."""
+    import ast
+
+    tree = ast.parse(path.read_text(), str(path))
+    imported: set[str] = set()
+    edits = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            imported.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Attribute) and node.attr == "path":
+            if isinstance(node.value, ast.Name) and node.value.id == "sys":
+                edits.append(node.lineno)
+    return imported, edits
+
+
+def test_scripts_and_benchmarks_import_the_installed_package_not_the_checkout():
+    files = sorted([*ROOT.glob("scripts/*.py"), *ROOT.glob("benchmarks/*.py")])
+    assert len(files) > 10
+    problems = []
+    for path in files:
+        rel = path.relative_to(ROOT).as_posix()
+        imported, edits = _imports_and_path_edits(path)
+        if edits:
+            problems.append(f"{rel} uses sys.path (lines {edits}): import the installed package (pip install -e .)")
+        if "demo" in imported and rel not in APP_MEASUREMENTS:
+            problems.append(f"{rel} imports demo: the app's package; use the library (ambient)")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_guard_sees_path_edits_and_app_imports(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import sys\nsys.path.insert(0, '..')\nfrom demo.handlers import Handlers\nimport ambient.data\n")
+    imported, edits = _imports_and_path_edits(bad)
+    assert edits == [2] and {"demo", "ambient", "sys"} <= imported
+    good = tmp_path / "good.py"
+    good.write_text("import sys\nfrom . import x\nprint(sys.argv)\n")
+    assert _imports_and_path_edits(good) == ({"sys"}, [])
