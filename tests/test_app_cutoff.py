@@ -44,3 +44,26 @@ def test_one_network_pair_defaults_to_ambient_alone_and_the_right_end_is_the_bas
     r = shipped.generate("fmnist-100", "", 3, 1, 2, 1.0, p.sigma_max, "handover")
     assert r.cutoff.is_baseline_alone
     assert (r.ambient[0].image == r.baseline[0].image).all()  # the baseline alone on both sides, same seed
+
+
+def test_the_ends_in_the_error_message_act_as_named_for_a_range_with_long_decimals(shipped):
+    """A pair whose sigma range is not round (a DDPM schedule's, 0.0291675... to 14.6146...): the ends the error
+    message names are the explicit ends when sent back, and a value just inside them is a real hand-over."""
+    import dataclasses
+    import re
+
+    p = dataclasses.replace(shipped.pair("fmnist-100"), sigma_min=0.029167536646127701, sigma_max=14.614640235900879)
+    with pytest.raises(InputError) as e:
+        h.check_cutoff(15.0, "handover", p)
+    m = re.search(r"from ([\d.]+) \(Ambient alone\) to ([\d.]+) \(baseline alone\)", str(e.value))
+    assert m, str(e.value)
+    lo, hi = float(m.group(1)), float(m.group(2))
+    assert (lo, hi) != (p.sigma_min, p.sigma_max)  # rounded for reading
+    assert h.check_cutoff(hi, "handover", p).is_baseline_alone
+    assert h.check_cutoff(lo, "handover", p).is_ambient_alone
+    assert h.check_cutoff(lo, "truncate", p) == Cutoff(0.0, "truncate")  # the full Ambient run
+    assert "baseline alone" in h.cutoff_label(hi, p) and "Ambient alone" in h.cutoff_label(lo, p)
+    inner = h.check_cutoff(14.6, "handover", p)
+    assert inner == Cutoff(14.6, "handover") and inner.owner(p.sigma_max) == "ambient"  # its first step: Ambient
+    with pytest.raises(InputError, match="sigma_c must be a finite number from 0.0291675"):
+        h.check_cutoff(0.029, "handover", p)

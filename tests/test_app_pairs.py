@@ -264,3 +264,51 @@ def test_an_unknown_default_pair_is_refused_not_swapped(tmp_path):
     assert parse_config({"default": "b", "pairs": [entry, broken]}, tmp_path).default == "b"
     (tmp_path / "pairs.json").write_text('{"default": "nope", "pairs": []}')
     assert "not a pair there" in PairRegistry.from_path(tmp_path / "pairs.json").config_error
+
+
+def test_summary_and_card_are_parsed_checked_and_shown(tiny, tmp_path):
+    """``summary`` (one line) and ``card`` (a markdown file beside the models) of an entry; ``description`` still
+    works for files that have no card; a card that cannot be read falls back to it with a note."""
+    from ambient.pairs_config import load_pair
+
+    src = json.loads(tiny.read_text())["pairs"][0]
+    entry = {**src, **{k: str(tiny.parent / src[k]) for k in ("ambient", "baseline", "train_data", "index")}}
+    entry = {k: v for k, v in entry.items() if k not in ("sweep", "sweep_plot", "frontier", "reference_data")}
+    (tmp_path / "cards").mkdir()
+    (tmp_path / "cards" / "tiny.md").write_text("## The tiny pair\n\nTwo random networks; *nothing* is learned.\n")
+
+    def spec(**kw):
+        cfg = parse_config({"pairs": [{**entry, "name": "p", **kw}]}, tmp_path)
+        return cfg.specs[0] if cfg.specs else cfg.errors["p"]
+
+    both = spec(summary="The baseline copies 50 %, the Ambient model 5 %.", card="cards/tiny.md", description="old")
+    assert both.summary == "The baseline copies 50 %, the Ambient model 5 %."
+    assert both.card_text.startswith("## The tiny pair") and "*nothing*" in both.card_text
+    pair = load_pair(both)
+    assert pair.summary == both.summary and pair.card_text == both.card_text
+    assert "*nothing* is learned" in pair.describe() and "old" not in pair.describe().split("\n\n", 1)[1]
+    old = load_pair(spec(description="An older entry, described inline."))
+    assert old.card_text == "An older entry, described inline." and old.summary == ""
+    assert "An older entry, described inline." in old.describe()
+
+    missing = spec(card="cards/gone.md", description="fallback")
+    assert missing.card_text == "fallback"
+    with pytest.raises(PairError, match='card "cards/gone.md" cannot be read'):
+        missing.read_card()
+    assert any("no card" in w for w in load_pair(missing).warnings)
+    (tmp_path / "cards" / "latin1.md").write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(PairError, match="not UTF-8"):
+        spec(card="cards/latin1.md").read_card()
+
+    for bad, msg in (
+        ({"summary": "two\nlines"}, "one line"),
+        ({"summary": "x" * 301}, "one line of at most 300"),
+        ({"summary": 3}, '"summary" must be a string'),
+        ({"card": "/etc/passwd.md"}, "relative path of a .md file"),
+        ({"card": "../outside/card.md"}, "relative path of a .md file"),
+        ({"card": "cards/tiny.txt"}, "relative path of a .md file"),
+        ({"card": ["cards/tiny.md"]}, '"card" must be a string'),
+    ):
+        err = spec(**bad)
+        assert isinstance(err, PairError) and err.pair == "p", bad
+        assert msg in err.problem, (bad, err.problem)
