@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+from html import escape
+from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -102,4 +106,203 @@ def sweep_figure(rows: list[dict[str, Any]], sigma_n: float | None = None, title
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------ interactive figures (plotly)
+
+FRONTIER_TICKS = [1, 2, 3, 5, 7, 10, 20, 30, 50, 100]
+
+
+def shipped_runs(models_dir: str | Path, ambient: str, baseline: str) -> dict[str, tuple[str, int | None]]:
+    """The training runs (and snapshot steps) a pair's two model folders were shipped from, by side, as the
+    ``SHIPPED.json`` beside them records it (later entries win); sides it does not name are left out."""
+    path = Path(models_dir) / "SHIPPED.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    models: dict[str, str] = {}
+    for entry in [*(data.get("history") or []), data]:
+        if isinstance(entry, dict) and isinstance(entry.get("models"), dict):
+            models.update({str(k): str(v) for k, v in entry["models"].items()})
+    out: dict[str, tuple[str, int | None]] = {}
+    for side, folder in (("ambient", ambient), ("baseline", baseline)):
+        src = models.get(Path(folder).name)
+        if not src:
+            continue
+        m = re.match(r"^(.*?)/(?:snapshots/step_0*(\d+)|model)/?$", src)
+        out[side] = (m.group(1), int(m.group(2)) if m.group(2) else None) if m else (src, None)
+    return out
+
+
+def _hover(p: dict[str, Any], title: str) -> str:
+    """Hover text of one snapshot: what it is, its run, step, copies with interval, Frechet distance."""
+    lo, hi = p["rate_ratio_ci95"]
+    step = f"step {p['step']:,}" if p.get("step") is not None else "final model"
+    run = Path(str(p.get("run") or "")).name
+    return (
+        f"<b>{escape(title)}</b><br>run {escape(run)}: {escape(str(p.get('label', '')))}<br>{step}<br>"
+        f"copies {100 * p['rate_ratio']:.1f} % (95 %: {100 * lo:.1f}-{100 * hi:.1f})<br>"
+        f"Frechet distance {p['frechet_distance']:.2f}<br>{p.get('n', '?')} samples"
+    )
+
+
+def frontier_figure(
+    data: dict[str, Any], n_train: int, highlight: dict[str, tuple[str, int | None]] | None = None, title: str = ""
+) -> Any:
+    """The frontier at one training-set size as an interactive plotly figure: the baselines' envelope and the
+    pair's two runs (``highlight``: side -> (run, shipped step)) drawn strong, every other run faint and off
+    until switched on in the legend; hover shows run, step, copies with interval, Frechet distance."""
+    import plotly.graph_objects as go
+
+    from ambient.research.frontier import envelope, series
+
+    highlight = highlight or {}
+    mine = {run: side for side, (run, _) in highlight.items()}
+    points = data["points"]
+    fig = go.Figure()
+    env = envelope(points, n_train)
+    if env:
+        fig.add_trace(
+            go.Scatter(
+                x=[r["frechet_distance"] for r in env],
+                y=[None if r["rate_ratio"] is None else 100 * r["rate_ratio"] for r in env],
+                mode="lines",
+                line={"color": "black", "width": 3, "dash": "dash"},
+                name="baselines' frontier (any baseline stopped early)",
+                hovertemplate="baselines' frontier<br>Frechet distance %{x:.2f}<br>copies %{y:.1f} %<extra></extra>",
+            )
+        )
+    groups = [(k, g) for k, g in series(points).items() if k[2] == n_train and g[0]["kind"] != "reference"]
+    groups.sort(key=lambda kg: (kg[0][1] in mine, kg[1][0]["kind"] == "baseline"))  # the pair's runs on top
+    for (label, run, _n), group in groups:
+        kind = group[0]["kind"]
+        side = mine.get(run)
+        short = Path(run).name if run else label
+        if side:
+            color = AMBIENT_COLOR if side == "ambient" else BASELINE_COLOR
+            name = f"this pair's {'Ambient model' if side == 'ambient' else 'baseline'} ({short})"
+            style = {"line": {"color": color, "width": 3}, "marker": {"size": 7}, "opacity": 1.0, "visible": True}
+        else:
+            color = "#888888" if kind == "baseline" else "#9ab7d3"
+            name = f"{'baseline' if kind == 'baseline' else 'Ambient'}: {short}"
+            style = {"line": {"color": color, "width": 1}, "marker": {"size": 5}, "opacity": 0.45}
+            style["visible"] = "legendonly"
+        fig.add_trace(
+            go.Scatter(
+                x=[p["frechet_distance"] for p in group],
+                y=[100 * p["rate_ratio"] for p in group],
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [100 * (p["rate_ratio_ci95"][1] - p["rate_ratio"]) for p in group],
+                    "arrayminus": [100 * (p["rate_ratio"] - p["rate_ratio_ci95"][0]) for p in group],
+                    "thickness": 1,
+                    "width": 2,
+                    "color": color,
+                },
+                mode="lines+markers",
+                name=name,
+                text=[_hover(p, name) for p in group],
+                hovertemplate="%{text}<extra></extra>",
+                **style,
+            )
+        )
+        shipped_step = highlight.get(side, (None, None))[1] if side else None
+        shipped = [p for p in group if shipped_step is not None and p["step"] == shipped_step]
+        if shipped:
+            fig.add_trace(
+                go.Scatter(
+                    x=[p["frechet_distance"] for p in shipped],
+                    y=[100 * p["rate_ratio"] for p in shipped],
+                    mode="markers",
+                    marker={"symbol": "star", "size": 16, "color": color, "line": {"color": "black", "width": 1}},
+                    name=f"shipped {'Ambient model' if side == 'ambient' else 'baseline'} (step {shipped_step:,})",
+                    text=[_hover(p, f"shipped {name}") for p in shipped],
+                    hovertemplate="%{text}<extra></extra>",
+                )
+            )
+    ref = [p["frechet_distance"] for p in points if p["kind"] == "reference" and p["n_train"] == n_train]
+    if ref:
+        top = max([100 * p["rate_ratio_ci95"][1] for p in points if p["n_train"] == n_train] + [10.0])
+        fig.add_trace(
+            go.Scatter(
+                x=[min(ref)] * 2,
+                y=[0, top],
+                mode="lines+text",
+                text=["", "held-out real images"],
+                textposition="top right",
+                textfont={"size": 10, "color": "gray"},
+                line={"color": "gray", "dash": "dot", "width": 1},
+                name="held-out real images (the quality to reach)",
+                hovertemplate=f"held-out real images<br>Frechet distance {min(ref):.2f}<extra></extra>",
+            )
+        )
+    fig.update_xaxes(
+        type="log", tickvals=FRONTIER_TICKS, title="Frechet distance to held-out images (lower = better quality)"
+    )
+    fig.update_yaxes(title="copies: ratio test d1/d2 < 1/3 (%)", rangemode="tozero")
+    fig.update_layout(
+        title={
+            "text": title
+            or f"N = {n_train} training images: below the dashed frontier = fewer copies at equal quality",
+            "font": {"size": 14},
+        },  # fmt: skip
+        template="plotly_white",
+        height=470,
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        legend={"font": {"size": 10}, "itemclick": "toggle", "groupclick": "toggleitem"},
+        hovermode="closest",
+    )
+    return fig
+
+
+def similarity_figure(sim: dict[str, Any]) -> Any:
+    """Histograms of each sample's nearest-training-image ratio d1/d2 and cosine, per side and for held-out real
+    images scored the same way, with the copy thresholds drawn (plotly)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("ratio test d1/d2 (a copy below the line)", "cosine of the nearest training image"),
+    )
+    groups = [
+        ("baseline", "Baseline", BASELINE_COLOR),
+        ("ambient", "Ambient", AMBIENT_COLOR),
+        ("held_out", "held-out real images", "#2ca02c"),
+    ]
+    for key, name, color in groups:
+        g = sim.get(key)
+        if not g:
+            continue
+        for col, field, bins in ((1, "ratio", (0, 1.05, 0.035)), (2, "cosine", (0.5, 1.0, 0.0125))):
+            vals = [v for v in g.get(field, []) if v == v]
+            fig.add_trace(
+                go.Histogram(
+                    x=vals,
+                    name=f"{name} ({len(vals)})",
+                    legendgroup=key,
+                    showlegend=col == 1,
+                    marker={"color": color},
+                    opacity=0.55,
+                    histnorm="percent",
+                    xbins={"start": bins[0], "end": bins[1], "size": bins[2]},
+                    hovertemplate=f"{name}<br>{field} %{{x}}<br>%{{y:.1f}} % of them<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+    fig.add_vline(x=float(sim.get("ratio_threshold", 1 / 3)), line={"color": "black", "dash": "dash"}, row=1, col=1)
+    fig.add_vline(x=float(sim.get("cosine_threshold", 0.95)), line={"color": "black", "dash": "dot"}, row=1, col=2)
+    fig.update_layout(
+        barmode="overlay",
+        template="plotly_white",
+        height=340,
+        margin={"l": 50, "r": 20, "t": 40, "b": 40},
+        legend={"orientation": "h", "y": -0.18},
+    )
+    fig.update_yaxes(title_text="% of images", row=1, col=1)
     return fig

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import queue
 import secrets
@@ -9,18 +10,24 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
+from demo import compare as cmp
 from demo import handlers as h
 from demo.handlers import Handlers, InputError
 from demo.pairs import ModelPair, PairError
-from demo.plots import sweep_figure, trajectory_figure
+from demo.plots import frontier_figure, shipped_runs, similarity_figure, sweep_figure, trajectory_figure
 
 CSS = """
-.banner {padding: 6px 12px; border-radius: 6px; background: #eef4ff; border: 1px solid #c9dafc;}
+.banner {padding: 2px 8px; border-radius: 6px; background: #eef4ff; border: 1px solid #c9dafc; font-size: 12px;}
+#intro h1 {margin-bottom: 2px;}
+.headline {font-size: 15px; padding: 4px 10px; border-left: 4px solid #1f77b4; background: #f6f9ff;}
+#compare {border: 1px solid #ddd; border-radius: 6px; padding: 6px;}
+#compare img {image-rendering: pixelated;}
 .banner-warn {padding: 6px 12px; border-radius: 6px; background: #fff4e5; border: 1px solid #f5c27a;}
 .nn-panel {font-size: 12px;}
 .nn-heading {font-weight: 600; font-size: 14px; margin: 4px 0 6px 0;}
@@ -47,12 +54,16 @@ CSS = """
 """
 
 INTRO = """# Ambient Explorer
-Diffusion models trained on a small dataset tend to **copy** their training images. The **Ambient** model was trained
-on *noisy* copies of the images at high noise levels (above its cutoff sigma_n) and never saw a clean image there;
-the **baseline** saw clean images at every noise level. Both galleries start from **the same noise** (same seeds):
-image *i* on the left pairs with image *i* on the right. Under each image: its nearest training images, and a red
-**COPY** mark when it is a near-duplicate of one.
+Two diffusion models trained on the same few images and sampled from the same noise: a **baseline** trained the usual
+way, and an **Ambient** model that never saw a clean image at high noise. How often does each **copy** a training image?
 """
+
+GALLERY_HINT = (
+    "Press **Generate**: both sides start from the same noise (image *i* on the left pairs with image *i* on the "
+    "right). Each image is marked **COPY** or **novel**; click one to see it against its nearest training image."
+)
+
+MAX_FRONTIER_PLOTS = 3  # one plot per training-set size
 
 API_DOC = """### Use it from code
 Named endpoints: `/generate`, `/neighbours`, `/sweep` (JSON in, JSON out; images as base64 PNG).
@@ -128,15 +139,132 @@ def _first_pair(handlers: Handlers) -> ModelPair | None:
         return None
 
 
+def _spec_text(spec: Any, key: str) -> str:
+    """``summary`` or ``card_text`` of a pair's config entry: from the spec when the loader parses it, else read
+    from the entry itself (its ``card`` file beside the models), else ``description`` (older configs)."""
+    value = getattr(spec, key, None)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    entry: dict[str, Any] = {}
+    cfg = getattr(spec, "config_path", None)
+    if cfg is not None:
+        try:
+            data = json.loads(Path(cfg).read_text(encoding="utf-8"))
+            entry = next((e for e in data.get("pairs", []) if isinstance(e, dict) and e.get("name") == spec.name), {})
+        except (OSError, ValueError, AttributeError):
+            entry = {}
+    if key == "summary" and isinstance(entry.get("summary"), str):
+        return entry["summary"].strip()
+    if key == "card_text" and isinstance(entry.get("card"), str):
+        base = Path(spec.base_dir).resolve()
+        path = (base / entry["card"]).resolve()
+        if path.suffix == ".md" and path.is_relative_to(base):
+            try:
+                return path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError):
+                pass
+    return (getattr(spec, "description", "") or "").strip()
+
+
+def headline_markdown(H: Handlers, name: str | None) -> str:
+    """The selected pair's headline result in one line (or what is wrong with the pair)."""
+    try:
+        p = H.registry.get(name or None)
+    except PairError:
+        return H.pair_status(name)
+    summary = _spec_text(p.spec, "summary")
+    if not summary:
+        return "No measured result ships with this pair: press **Generate** to compare both sides."
+    if summary == (p.spec.description or "").strip():  # an older entry: its description, cut to one sentence
+        summary = summary.split(". ")[0].rstrip(".") + "."
+    if summary.lower().startswith("measured"):
+        return summary
+    return f"**Measured** {summary[0].lower()}{summary[1:]}"  # "Measured through these settings, ..."
+
+
+def card_markdown(H: Handlers, name: str | None) -> str:
+    """The pair's model card (training, steps, what was measured and how far from the goal) for "About this pair"."""
+    try:
+        p = H.registry.get(name or None)
+    except PairError:
+        return ""
+    card = _spec_text(p.spec, "card_text")
+    status = H.pair_status(name)
+    return "" if not card or card in status else card
+
+
+def _frontier_parts(p: ModelPair | None) -> dict[str, Any]:
+    """What the Trade-off tab shows of a pair's frontier: its text, one figure per training-set size, the band
+    tables and the data (all empty when the pair ships no frontier)."""
+    from ambient.research.frontier import band_table, summary
+
+    data = p.frontier if p is not None else None
+    if not data:
+        return {
+            "md": "No frontier ships with this pair (`python scripts/frontier.py <pair folder>` writes one).",
+            "figs": [],
+            "bands": "",
+            "json": None,
+        }
+    probes = data.get("bands") or []
+    probes = [probes] if isinstance(probes, dict) else probes
+    spec = p.spec
+    runs = shipped_runs((Path(spec.base_dir) / spec.ambient).parent, spec.ambient, spec.baseline)
+    sizes = sorted({int(q["n_train"]) for q in data["points"] if q.get("n_train") and q["kind"] == "baseline"})
+    sizes.sort(key=lambda n: not any(r in {q.get("run") for q in data["points"] if q.get("n_train") == n}
+                                     for r, _ in runs.values()))  # fmt: skip  # the pair's own N first
+    figs = [frontier_figure(data, n, runs) for n in sizes[:MAX_FRONTIER_PLOTS]]
+    md = summary({**data, "bands": []})
+    md += (
+        "\n\nHover a point for its run, step, copies (95 % interval) and Frechet distance. This pair's two runs are "
+        "drawn strong (stars: the shipped snapshots); every other run is off until you click its name in the legend. "
+        "The snapshots were scored with prompts over the classes, so their figures differ from the headline's, "
+        "which is measured through the app's defaults (empty prompt)."
+    )
+    return {
+        "md": md,
+        "figs": figs,
+        "bands": "\n\n".join(band_table(b) for b in probes) or "No band probe ships with this pair.",
+        "json": {k: data[k] for k in ("what", "commit", "command", "points", "ambient_vs_frontier") if k in data},
+    }
+
+
+def _similarity(p: ModelPair | None) -> tuple[str, Any]:
+    """The shipped per-sample similarity figures (``similarity.json`` beside the pair's sweep) as text and figure."""
+    if p is None or not getattr(p.spec, "sweep", None):
+        return "", None
+    path = Path(p.spec.base_dir) / Path(p.spec.sweep).parent / "similarity.json"
+    try:
+        sim = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "", None
+    n = sim.get("n", "?")
+    line = (
+        f"#### How close each image is to its nearest training image ({n} samples a side, {n} held-out images)\n"
+        "Every sample through the app's defaults, scored as the galleries score it, beside real Fashion-MNIST test "
+        "images the models never saw, scored against the same training set. Left of the dashed line: copies."
+    )
+    novel = [
+        f"{side}: {sim[side]['novel_frechet_distance']:.2f} on its {sim[side]['novel_n']} novel samples"
+        for side in ("baseline", "ambient")
+        if isinstance(sim.get(side), dict) and "novel_frechet_distance" in sim[side]
+    ]
+    if novel:
+        line += f" What each side makes when it does not copy (Frechet distance, lower = better): {'; '.join(novel)}."
+    return line, similarity_figure(sim)
+
+
 # ------------------------------------------------------------------------------ layout: one builder per part
 
 
 @dataclass
 class _Header:
-    """Above the tabs: the pair chooser, its status, and the last generate result (shared by every tab)."""
+    """Above the tabs: the pair chooser, its headline result, its card, and the last generate result (shared)."""
 
     pair: gr.Dropdown
+    headline: gr.Markdown
     status: gr.Markdown
+    card: gr.Markdown
     last: gr.State
 
 
@@ -159,6 +287,10 @@ class _GenerateTab:
     summary: gr.Markdown
     g_amb: gr.Gallery
     g_base: gr.Gallery
+    compare_box: gr.Column
+    compare_slider: gr.ImageSlider
+    compare_diff: gr.Image
+    compare_md: gr.Markdown
     nn_amb: gr.HTML
     nn_base: gr.HTML
     traj_dd: gr.Dropdown
@@ -169,14 +301,20 @@ class _GenerateTab:
 
 @dataclass
 class _TradeoffTab:
-    """The "Trade-off" tab: the frontier, the shipped sigma_c sweep and a live recompute."""
+    """The "Trade-off" tab: the frontier, the similarity histograms, the sigma_c sweep, then the research depth
+    (band tables, sweep table, live recompute, static plots and data) one click away."""
 
     frontier_md: gr.Markdown
-    frontier_img: gr.Image
+    frontier_plots: list[gr.Plot]
+    similarity_md: gr.Markdown
+    similarity_plot: gr.Plot
     sweep_md: gr.Markdown
     sweep_plot: gr.Plot
     sweep_tab: gr.Dataframe
+    bands_md: gr.Markdown
+    frontier_img: gr.Image
     sweep_png: gr.Image
+    frontier_json: gr.JSON
     live_n: gr.Slider
     live_points: gr.Slider
     live_steps: gr.Slider
@@ -198,28 +336,32 @@ class _CheckTab:
     train_gallery: gr.Gallery
 
 
-def _header(H: Handlers, banner: str, warning: str) -> _Header:
-    """Intro, device banner, optional warning, the pair chooser and its status."""
+def _header(H: Handlers, warning: str) -> _Header:
+    """Title and the claim in one sentence, an optional warning, the pair chooser with its headline result, and
+    the pair's card (collapsed)."""
     default = H.registry.default
-    gr.Markdown(INTRO)
-    gr.Markdown(banner or h.device_banner("cpu"), elem_classes=["banner"], elem_id="banner")
+    gr.Markdown(INTRO, elem_id="intro")
     if warning:
         gr.Markdown(warning, elem_classes=["banner-warn"], elem_id="banner-warning")
-    with gr.Row():
+    with gr.Row(equal_height=True):
         pair_dd = gr.Dropdown(
-            choices=H.registry.choices(), value=default, label="Model pair", scale=1, interactive=True, elem_id="pair"
+            choices=H.registry.choices(), value=default, label="Model pair", scale=2, interactive=True, elem_id="pair"
         )
+        headline = gr.Markdown(headline_markdown(H, default), elem_id="pair-headline", elem_classes=["headline"])
+    with gr.Accordion("About this pair", open=False, elem_id="about-pair"):
+        card = gr.Markdown(card_markdown(H, default), elem_id="pair-card")
         status = gr.Markdown(H.pair_status(default) if default else H.pair_status(None), elem_id="pair-status")
-    return _Header(pair=pair_dd, status=status, last=gr.State(None))
+    return _Header(pair=pair_dd, headline=headline, status=status, card=card, last=gr.State(None))
 
 
-def _generate_tab(first: ModelPair | None) -> _GenerateTab:
-    """Prompt, seed and cutoff controls; the two galleries with their neighbours; trajectories; raw JSON; examples."""
+def _generate_tab(first: ModelPair | None, banner: str) -> _GenerateTab:
+    """The controls with Generate on the first screen; the two galleries, the comparison of a selected sample
+    with its nearest training image, the neighbours; trajectories; raw JSON; examples."""
     lo, hi = h.slider_range(first) if first else (math.log10(0.002), math.log10(80.0))
     start = h.slider_start(first) if first else lo
     with gr.Tab("Generate side by side", id="generate"):
         with gr.Row():
-            with gr.Column(scale=1, min_width=300):
+            with gr.Column(scale=1, min_width=340):
                 prompt = gr.Textbox(
                     label="Prompt (empty = unconditional)",
                     placeholder="e.g. a photo of a sneaker",
@@ -236,12 +378,8 @@ def _generate_tab(first: ModelPair | None) -> _GenerateTab:
                         elem_id="seed",
                         scale=3,
                     )
-                    dice = gr.Button("New seed", scale=1, min_width=60, elem_id="dice")
-                randomize = gr.Checkbox(value=False, label="New random seed on every Generate")
+                    dice = gr.Button("New seed", scale=1, min_width=60, elem_id="dice", size="sm")
                 n_images = gr.Slider(1, h.MAX_IMAGES, value=4, step=1, label="Images per model", elem_id="n")
-                start_steps = first.default_steps if first else 18
-                steps = gr.Slider(1, h.MAX_STEPS, value=start_steps, step=1, label="Sampler steps (Heun)")
-                guidance = gr.Slider(0, h.MAX_GUIDANCE, value=1.0, step=0.1, label="Guidance scale (1 = off)")
                 cutoff = gr.Slider(
                     lo,
                     hi,
@@ -249,21 +387,28 @@ def _generate_tab(first: ModelPair | None) -> _GenerateTab:
                     step=0.01,
                     label="Noise cutoff: log10(sigma_c)",
                     elem_id="cutoff",
-                    info="Hand-over: the Ambient model above sigma_c, the baseline below.",
+                    info="The Ambient model above sigma_c, the baseline below.",
                 )
                 scale_html = gr.HTML(cutoff_scale_html(first) if first else "")
                 cutoff_md = gr.Markdown(
                     h.cutoff_label(h.sigma_from_slider(start, first), first) if first else "", elem_id="cutoff-label"
                 )
-                mode = gr.Radio(
-                    [("hand-over", "handover"), ("truncate", "truncate")],
-                    value="handover",
-                    label="Cutoff mode",
-                    info="truncate: stop the Ambient run at sigma_c and show its estimate x0_hat.",
-                )
-                go = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                gr.Markdown(banner or h.device_banner("cpu"), elem_classes=["banner"], elem_id="banner")
+                with gr.Accordion("More settings", open=False, elem_id="more-settings"):
+                    randomize = gr.Checkbox(value=False, label="New random seed on every Generate")
+                    start_steps = first.default_steps if first else 18
+                    steps = gr.Slider(1, h.MAX_STEPS, value=start_steps, step=1, label="Sampler steps (Heun)")
+                    guidance = gr.Slider(0, h.MAX_GUIDANCE, value=1.0, step=0.1, label="Guidance scale (1 = off)")
+                    mode = gr.Radio(
+                        [("hand-over", "handover"), ("truncate", "truncate")],
+                        value="handover",
+                        label="Cutoff mode",
+                        info="truncate: stop the Ambient run at sigma_c and show its estimate x0_hat.",
+                    )
             with gr.Column(scale=3):
-                summary = gr.Markdown("Press **Generate**.", elem_id="summary")
+                with gr.Row(equal_height=True):
+                    summary = gr.Markdown(GALLERY_HINT, elem_id="summary")
+                    go = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=0, min_width=180)
                 with gr.Row():
                     g_amb = gr.Gallery(
                         label="Ambient (with the cutoff)",
@@ -273,6 +418,7 @@ def _generate_tab(first: ModelPair | None) -> _GenerateTab:
                         elem_classes=["gallery-pixelated", "gallery-auto"],
                         object_fit="contain",
                         format="png",
+                        allow_preview=False,
                     )
                     g_base = gr.Gallery(
                         label="Baseline (alone)",
@@ -282,7 +428,31 @@ def _generate_tab(first: ModelPair | None) -> _GenerateTab:
                         elem_classes=["gallery-pixelated", "gallery-auto"],
                         object_fit="contain",
                         format="png",
+                        allow_preview=False,
                     )
+                with gr.Column(visible=False, elem_id="compare") as compare_box:
+                    compare_md = gr.Markdown(elem_id="compare-caption")
+                    with gr.Row():
+                        compare_slider = gr.ImageSlider(
+                            label="Sample (left) | nearest training image (right): drag the handle",
+                            type="pil",
+                            format="png",
+                            interactive=False,
+                            max_height=320,
+                            elem_id="compare-slider",
+                            elem_classes=["gallery-pixelated"],
+                            scale=3,
+                        )
+                        compare_diff = gr.Image(
+                            label="Difference (white: the same)",
+                            type="pil",
+                            format="png",
+                            interactive=False,
+                            height=320,
+                            elem_id="compare-diff",
+                            elem_classes=["gallery-pixelated"],
+                            scale=2,
+                        )
                 with gr.Row():
                     nn_amb = gr.HTML("", elem_id="nn-ambient")
                     nn_base = gr.HTML("", elem_id="nn-baseline")
@@ -319,6 +489,10 @@ def _generate_tab(first: ModelPair | None) -> _GenerateTab:
         summary=summary,
         g_amb=g_amb,
         g_base=g_base,
+        compare_box=compare_box,
+        compare_slider=compare_slider,
+        compare_diff=compare_diff,
+        compare_md=compare_md,
         nn_amb=nn_amb,
         nn_base=nn_base,
         traj_dd=traj_dd,
@@ -329,18 +503,26 @@ def _generate_tab(first: ModelPair | None) -> _GenerateTab:
 
 
 def _tradeoff_tab(H: Handlers, default: str | None, first: ModelPair | None) -> _TradeoffTab:
-    """The frontier plot, the sweep shipped with the pair (plot, table, PNG) and the live-recompute controls."""
+    """The frontier (interactive, one plot per training-set size), the similarity histograms, the sweep of
+    sigma_c; then, collapsed: where copying is decided (band tables), the sweep table, the live recompute, the
+    static plots and the frontier's data."""
     with gr.Tab("Trade-off", id="tradeoff"):
-        fr_md0, fr_img0 = H.precomputed_frontier(default) if first else ("", None)
-        frontier_md = gr.Markdown(fr_md0, elem_id="frontier-md")
-        frontier_img = gr.Image(
-            fr_img0,
-            label="Quality against memorization: every snapshot of every run (stars: the shipped models)",
-            interactive=False,
-            type="pil",
-            visible=fr_img0 is not None,
-        )
-        gr.Markdown("#### The noise cutoff of this pair: hand-over sweep")
+        fr = _frontier_parts(first)
+        gr.Markdown("### Quality against memorization: every snapshot of every run")
+        frontier_md = gr.Markdown(fr["md"], elem_id="frontier-md")
+        frontier_plots = [
+            gr.Plot(
+                fr["figs"][i] if i < len(fr["figs"]) else None,
+                show_label=False,
+                visible=i < len(fr["figs"]),
+                elem_id=f"frontier-plot-{i}",
+            )
+            for i in range(MAX_FRONTIER_PLOTS)
+        ]
+        sim_md0, sim_fig0 = _similarity(first)
+        similarity_md = gr.Markdown(sim_md0, elem_id="similarity-md")
+        similarity_plot = gr.Plot(sim_fig0, show_label=False, visible=sim_fig0 is not None, elem_id="similarity-plot")
+        gr.Markdown("### The noise cutoff of this pair: hand-over sweep of sigma_c")
         sv0 = H.precomputed_sweep(default) if first else None
         sweep_md = gr.Markdown(sv0.markdown if sv0 else "")
         has_rows = bool(sv0 and sv0.rows)
@@ -349,27 +531,47 @@ def _tradeoff_tab(H: Handlers, default: str | None, first: ModelPair | None) -> 
             label="Memorization and quality against sigma_c",
             visible=has_rows,
         )
-        sweep_tab = gr.Dataframe(
-            _df(sv0.rows, first) if has_rows else None, label="Sweep", interactive=False, visible=has_rows
-        )
-        with gr.Accordion("Plot shipped with the pair", open=False):
+        with gr.Accordion("Sweep table", open=False, elem_id="sweep-table"):
+            sweep_tab = gr.Dataframe(
+                _df(sv0.rows, first) if has_rows else None, label="Sweep", interactive=False, visible=has_rows
+            )
+        with gr.Accordion(
+            "Where copying is decided: which model runs in which noise band", open=False, elem_id="bands"
+        ):
+            bands_md = gr.Markdown(fr["bands"], elem_id="bands-md")
+        with gr.Accordion("Recompute the sweep live", open=False, elem_id="live-sweep"):
+            gr.Markdown("Hand-over sweep; each cutoff samples every seed.")
+            with gr.Row():
+                live_n = gr.Slider(2, 64, value=8, step=1, label="Seeds")
+                live_points = gr.Slider(2, 9, value=4, step=1, label="Cutoffs")
+                live_steps = gr.Slider(2, 40, value=12, step=1, label="Steps")
+                live_btn = gr.Button("Recompute live", elem_id="sweep-btn")
+            live_md = gr.Markdown()
+            live_plot = gr.Plot(label="Live sweep")
+            live_tab = gr.Dataframe(label="Live sweep", interactive=False)
+        with gr.Accordion("Static plots and data (PNG, JSON)", open=False, elem_id="tradeoff-data"):
+            fr_img0 = H.precomputed_frontier(default)[1] if first else None
+            frontier_img = gr.Image(
+                fr_img0,
+                label="The frontier as shipped (PNG; stars: the shipped models)",
+                interactive=False,
+                type="pil",
+                visible=fr_img0 is not None,
+            )
             sweep_png = gr.Image(sv0.plot if sv0 else None, label="sweep.png", interactive=False, type="pil")
-        gr.Markdown("#### Recompute live (hand-over sweep; each cutoff samples every seed)")
-        with gr.Row():
-            live_n = gr.Slider(2, 64, value=8, step=1, label="Seeds")
-            live_points = gr.Slider(2, 9, value=4, step=1, label="Cutoffs")
-            live_steps = gr.Slider(2, 40, value=12, step=1, label="Steps")
-            live_btn = gr.Button("Recompute live", elem_id="sweep-btn")
-        live_md = gr.Markdown()
-        live_plot = gr.Plot(label="Live sweep")
-        live_tab = gr.Dataframe(label="Live sweep", interactive=False)
+            frontier_json = gr.JSON(fr["json"], label="Frontier points (frontier.json)")
     return _TradeoffTab(
         frontier_md=frontier_md,
-        frontier_img=frontier_img,
+        frontier_plots=frontier_plots,
+        similarity_md=similarity_md,
+        similarity_plot=similarity_plot,
         sweep_md=sweep_md,
         sweep_plot=sweep_plot,
         sweep_tab=sweep_tab,
+        bands_md=bands_md,
+        frontier_img=frontier_img,
         sweep_png=sweep_png,
+        frontier_json=frontier_json,
         live_n=live_n,
         live_points=live_points,
         live_steps=live_steps,
@@ -555,7 +757,9 @@ def _wire_generate(H: Handlers, top: _Header, tab: _GenerateTab, heavy: dict[str
 def _wire_pair_change(
     H: Handlers, top: _Header, gen: _GenerateTab, trade: _TradeoffTab, check: _CheckTab, heavy: dict[str, Any]
 ) -> None:
-    """Choosing a pair updates its status, the cutoff slider, the Trade-off tab and the training gallery."""
+    """Choosing a pair updates its headline, card and status, the cutoff slider, the Trade-off tab and the
+    training gallery."""
+    k = len(trade.frontier_plots)
 
     def on_pair(pair: str) -> tuple:
         st = H.pair_status(pair)
@@ -564,6 +768,8 @@ def _wire_pair_change(
         except InputError:
             return (
                 st,
+                headline_markdown(H, pair),
+                "",
                 *[gr.skip()] * 3,
                 "This pair cannot be used (see above).",
                 None,
@@ -573,13 +779,23 @@ def _wire_pair_change(
                 "",
                 gr.update(value=None, visible=False),
                 gr.skip(),
+                *[gr.update(value=None, visible=False)] * k,
+                "",
+                gr.update(value=None, visible=False),
+                "",
+                None,
             )
         a, b = h.slider_range(p)
         start = h.slider_start(p)
         sv = H.precomputed_sweep(pair)
-        fr_md, fr_img = H.precomputed_frontier(pair)
+        fr = _frontier_parts(p)
+        fr_img = H.precomputed_frontier(pair)[1]
+        sim_md, sim_fig = _similarity(p)
+        figs = fr["figs"]
         return (
             st,
+            headline_markdown(H, pair),
+            card_markdown(H, pair),
             gr.update(minimum=a, maximum=b, value=start),
             h.cutoff_label(h.sigma_from_slider(start, p), p),
             cutoff_scale_html(p),
@@ -590,13 +806,20 @@ def _wire_pair_change(
             gr.update(value=_df(sv.rows, p) if sv.rows else None, visible=bool(sv.rows)),
             sv.plot,
             H.training_gallery(pair),
-            fr_md,
+            fr["md"],
             gr.update(value=fr_img, visible=fr_img is not None),
             gr.update(value=p.default_steps),  # the pair's own default (a full-size latent pair: fewer steps)
+            *[gr.update(value=figs[i] if i < len(figs) else None, visible=i < len(figs)) for i in range(k)],
+            sim_md,
+            gr.update(value=sim_fig, visible=sim_fig is not None),
+            fr["bands"],
+            fr["json"],
         )
 
     pair_outputs = [
         top.status,
+        top.headline,
+        top.card,
         gen.cutoff,
         gen.cutoff_md,
         gen.scale_html,
@@ -608,6 +831,11 @@ def _wire_pair_change(
         trade.frontier_md,
         trade.frontier_img,
         gen.steps,
+        *trade.frontier_plots,
+        trade.similarity_md,
+        trade.similarity_plot,
+        trade.bands_md,
+        trade.frontier_json,
     ]
     top.pair.change(on_pair, top.pair, pair_outputs, api_visibility="private", **heavy)
 
@@ -686,6 +914,42 @@ def _wire_api(H: Handlers, heavy: dict[str, Any]) -> None:
     gr.api(sweep, api_name="sweep", **heavy)
 
 
+def compare_view(H: Handlers, res: h.GenerateResult | None, side: str, i: Any) -> tuple[Any, Any, str]:
+    """(slider images, difference image, caption) of sample ``i`` of one side of a result against its nearest
+    training image by pixel distance (the ratio test's d1 and d2), in the space the index searched."""
+    samples = [] if res is None else (res.ambient if side == "ambient" else res.baseline)
+    if not isinstance(i, int) or not 0 <= i < len(samples):
+        raise InputError("Generate first, then click an image to compare it with its nearest training image.")
+    p = H.pair(res.pair)
+    s = samples[i]
+    train = p.train.images.float().cpu().numpy()
+    searched = getattr(s, "searched", None)  # the exact image the index searched, when the result keeps it
+    threshold = float(getattr(p.index, "ratio_threshold", cmp.RATIO_THRESHOLD))
+    c = cmp.compare(s.image, train, list(p.train.ids), searched=searched, ratio_threshold=threshold)
+    who = "Ambient" if side == "ambient" else "Baseline"
+    title = f"{who} image {i + 1} (seed {s.seed})"
+    return (c.sample, c.nearest), c.difference, cmp.caption_markdown(c, title)
+
+
+def _wire_compare(H: Handlers, top: _Header, tab: _GenerateTab) -> None:
+    """Clicking a generated image opens it against its nearest training image; a new request closes the view."""
+
+    def compare_ambient(res: h.GenerateResult | None, evt: gr.SelectData) -> tuple:
+        return gr.update(visible=True), *compare_view(H, res, "ambient", evt.index)
+
+    def compare_baseline(res: h.GenerateResult | None, evt: gr.SelectData) -> tuple:
+        return gr.update(visible=True), *compare_view(H, res, "baseline", evt.index)
+
+    def close_compare() -> Any:
+        return gr.update(visible=False)
+
+    outs = [tab.compare_box, tab.compare_slider, tab.compare_diff, tab.compare_md]
+    tab.g_amb.select(compare_ambient, [top.last], outs, api_visibility="private", show_progress="hidden")
+    tab.g_base.select(compare_baseline, [top.last], outs, api_visibility="private", show_progress="hidden")
+    for trigger in (tab.go.click, tab.prompt.submit, tab.dice.click):
+        trigger(close_compare, None, tab.compare_box, queue=False, api_visibility="private", show_progress="hidden")
+
+
 # ------------------------------------------------------------------------------ the app
 
 
@@ -696,9 +960,9 @@ def build_app(handlers: Handlers, banner: str = "", warning: str = "", max_concu
     first = _first_pair(H)
     heavy = {"concurrency_limit": max_concurrency, "concurrency_id": "models"}
     with gr.Blocks(title="Ambient Explorer") as demo:
-        top = _header(H, banner, warning)
+        top = _header(H, warning)
         with gr.Tabs():
-            gen = _generate_tab(first)
+            gen = _generate_tab(first, banner)
             trade = _tradeoff_tab(H, default, first)
             check = _check_tab(H, default, first)
             _api_tab()
@@ -709,6 +973,7 @@ def build_app(handlers: Handlers, banner: str = "", warning: str = "", max_concu
         _wire_live_sweep(H, top.pair, trade, heavy)
         _wire_check(H, top.pair, check, heavy)
         _wire_api(H, heavy)
+        _wire_compare(H, top, gen)
     return demo
 
 

@@ -1,4 +1,6 @@
-"""The page in a real browser (playwright + Debian's chromium): load, slide the cutoff, generate, see copies marked.
+"""The page in a real browser (playwright + Debian's chromium) at 1400 x 900, as a visitor sees it: the claim and the
+Generate button on the first screen; slide the cutoff, generate, see copies marked, open a copy against its nearest
+training image; hover the frontier. Screenshots go to the test's temporary folder.
 
 Skips only when chromium is absent and AMBIENT_REQUIRE_BROWSER is not "1" (CI sets it, so there it must run).
 """
@@ -18,7 +20,8 @@ import torch
 from tests.helpers import Memorizer
 
 CHROMIUM = os.environ.get("AMBIENT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+VIEWPORT = {"width": 1400, "height": 900}
+HEADLINE = "Measured on 64 samples a side: the baseline copies 100 %, the Ambient model 0 %."
 ARGS = [
     "--no-sandbox",
     "--headless=new",
@@ -39,6 +42,48 @@ if not Path(CHROMIUM).is_file():
 pytestmark = pytest.mark.slow
 
 
+def _tiny_frontier(root: Path, ambient: Path, baseline: Path) -> Path:
+    """A small frontier.json (two runs of three snapshots, a reference) and the SHIPPED.json naming those runs."""
+    points = []
+    for kind, run, rows in (
+        ("baseline", "runs/tiny_base", [(100, 0.05, 20.0), (200, 0.30, 8.0), (300, 0.70, 4.0)]),
+        ("ambient", "runs/tiny_amb", [(100, 0.02, 18.0), (200, 0.08, 7.0), (300, 0.15, 5.0)]),
+    ):
+        for step, rate, fd in rows:
+            points.append(
+                {
+                    "label": kind,
+                    "kind": kind,
+                    "study": "s.json",
+                    "run": run,
+                    "n_train": 20,
+                    "step": step,
+                    "n": 64,
+                    "rate_ratio": rate,
+                    "rate_ratio_ci95": [max(0.0, rate - 0.05), rate + 0.05],
+                    "rate_cos_0.95": rate,
+                    "frechet_distance": fd,
+                }  # fmt: skip
+            )
+    points.append({**points[0], "label": "held-out real images", "kind": "reference", "step": None,
+                   "rate_ratio": 0.0, "rate_ratio_ci95": [0.0, 0.0], "frechet_distance": 1.5})  # fmt: skip
+    folder = root / "frontier"
+    folder.mkdir(exist_ok=True)
+    (folder / "frontier.json").write_text(json.dumps({"what": "test", "points": points}))
+    models = {
+        ambient.name: "runs/tiny_amb/snapshots/step_000300",
+        baseline.name: "runs/tiny_base/snapshots/step_000300",
+    }
+    (ambient.parent / "SHIPPED.json").write_text(json.dumps({"models": models}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Where the screenshots go: the test's temporary folder."""
+    return tmp_path_factory.mktemp("screenshots")
+
+
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
     from demo import handlers as h
@@ -56,6 +101,8 @@ def url(tmp_path_factory):
     entry = json.loads((root / "pairs.json").read_text())["pairs"][0]
     for k in ("ambient", "baseline", "train_data", "index"):
         entry[k] = str(root / entry[k])
+    entry["summary"] = HEADLINE
+    entry["frontier"] = str(_tiny_frontier(root, Path(entry["ambient"]), Path(entry["baseline"])))
     broken = {**entry, "name": "broken", "title": "Broken pair", "ambient": "nowhere/ambient"}
     cfg = tmp_path_factory.mktemp("browser") / "pairs.json"
     cfg.write_text(json.dumps({"default": "tiny", "pairs": [entry, broken]}))
@@ -80,7 +127,7 @@ def page(url):
     expect.set_options(timeout=90_000)  # sampling on a busy 2-core machine can take far longer than the 5 s default
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg = browser.new_page(viewport=VIEWPORT)
         pg.set_default_timeout(60_000)
         pg.goto(url, wait_until="load")
         pg.wait_for_selector("#generate-btn")
@@ -88,7 +135,31 @@ def page(url):
         browser.close()
 
 
-def test_slide_generate_and_see_copies_marked(page):
+def _in_first_viewport(page, selector: str) -> bool:
+    box = page.locator(selector).first.bounding_box()
+    return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= VIEWPORT["height"]
+
+
+def test_the_first_screen_tells_the_claim(page, shots):
+    """Without scrolling: the title, the claim, the pair and its headline result, the controls and Generate."""
+    from playwright.sync_api import expect
+
+    assert page.evaluate("window.scrollY") == 0
+    expect(page.locator("#pair-headline")).to_contain_text(HEADLINE)
+    for sel in ("#intro h1", "#pair", "#pair-headline", "#prompt", "#cutoff", "#generate-btn"):
+        assert _in_first_viewport(page, sel), f"{sel} is not on the first screen"
+    expect(page.locator("#intro")).to_contain_text("copy")
+    # the pair's long text waits, collapsed, under "About this pair"
+    expect(page.locator("#pair-status")).to_be_hidden()
+    page.get_by_text("About this pair").click()
+    expect(page.locator("#pair-status")).to_be_visible()
+    expect(page.locator("#pair-status")).to_contain_text("20 training images")
+    page.get_by_text("About this pair").click()
+    expect(page.locator("#pair-status")).to_be_hidden()
+    page.screenshot(path=str(shots / "first_screen.png"))
+
+
+def test_slide_generate_and_see_copies_marked(page, shots):
     from playwright.sync_api import expect
 
     expect(page.locator("#banner")).to_contain_text("CPU")
@@ -126,24 +197,74 @@ def test_slide_generate_and_see_copies_marked(page):
     assert max(float(s) for s in sims) > 0.95
     # the moment-of-copying plot is drawn
     page.wait_for_function("() => document.querySelector('.js-plotly-plot, .matplotlib img, img[src*=\"data:image\"]')")
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "browser_generate.png"), full_page=True)
+    page.screenshot(path=str(shots / "browser_generate.png"), full_page=True)
 
 
-def test_check_a_training_image_and_the_tradeoff_tab(page):
+def test_a_selected_sample_opens_against_its_nearest_training_image(page, shots):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Generate side by side").click()
+    if page.locator("#gallery-baseline .thumbnail-item").count() == 0:
+        page.click("#generate-btn")
+    expect(page.locator("#gallery-baseline .thumbnail-item")).to_have_count(4)
+    expect(page.locator("#compare")).to_be_hidden()
+    page.locator("#gallery-baseline .thumbnail-item").nth(1).click()
+    caption = page.locator("#compare-caption")
+    expect(caption).to_contain_text("Baseline image 2")
+    expect(caption).to_contain_text("COPY")  # the memorizer's image is a training image
+    expect(caption).to_contain_text(re.compile(r"d1 = 0\.\d\d"))
+    expect(caption).to_contain_text(re.compile(r"d2 = \d+\.\d\d"))
+    expect(page.locator("#compare-slider img")).to_have_count(2)  # the sample and its nearest training image
+    expect(page.locator("#compare-diff img")).to_have_count(1)
+    page.locator("#gallery-ambient .thumbnail-item").nth(0).click()
+    expect(caption).to_contain_text("Ambient image 1")
+    expect(caption).to_contain_text("novel")
+    page.locator("#compare").scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "browser_compare.png"), full_page=True)
+    page.click("#generate-btn")  # a new request closes the view of the old one
+    expect(page.locator("#compare")).to_be_hidden()
+
+
+def test_check_a_training_image_and_the_tradeoff_tab(page, shots):
     from playwright.sync_api import expect
 
     page.get_by_role("tab", name="Check an image").click()
     page.locator("#train-gallery .thumbnail-item").nth(2).click()
     expect(page.locator("#check-gallery .thumbnail-item")).to_have_count(4)
     expect(page.get_by_text(re.compile(r"COPY: training image #\d+ \(1\.000"))).to_be_visible()
-    page.screenshot(path=str(ARTIFACTS / "browser_check.png"), full_page=True)
+    page.screenshot(path=str(shots / "browser_check.png"), full_page=True)
 
     page.get_by_role("tab", name="Trade-off").click()
     expect(page.get_by_text("No precomputed sweep")).to_be_visible()
+    expect(page.locator("#sweep-btn")).to_be_hidden()  # the live recompute is one click away
+    page.get_by_text("Recompute the sweep live").click()
     page.click("#sweep-btn")
     expect(page.get_by_text(re.compile(r"Live sweep of .*seeds x \d+ cutoffs"))).to_be_visible()
-    page.screenshot(path=str(ARTIFACTS / "browser_tradeoff.png"), full_page=True)
+    page.screenshot(path=str(shots / "browser_tradeoff.png"), full_page=True)
+
+
+def test_the_frontier_shows_hover_text(page, shots):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Trade-off").click()
+    plot = page.locator("#frontier-plot-0")
+    expect(plot.locator(".js-plotly-plot")).to_be_visible()
+    # the pair's two runs are drawn (3 snapshots each); the envelope is a line without markers
+    points = plot.locator(".scatterlayer path.point")
+    expect(points).to_have_count(3 + 3 + 2)  # two runs, and a star on each shipped snapshot
+    text = plot.locator(".hoverlayer .hovertext")
+    for i in range(points.count()):  # a baseline point lies on the envelope, which may answer first: try each
+        box = points.nth(i).bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.wait_for_timeout(200)
+        if text.count() and "step" in (text.first.text_content() or ""):
+            break
+    expect(text.first).to_contain_text("Frechet distance")
+    expect(text.first).to_contain_text(re.compile(r"step \d+"))
+    expect(text.first).to_contain_text(re.compile(r"copies \d+\.\d % \(95 %"))
+    page.screenshot(path=str(shots / "browser_frontier.png"))
+    # the band tables wait collapsed, below the sweep
+    expect(page.locator("#bands-md")).to_be_hidden()
 
 
 def test_a_broken_pair_explains_itself_and_the_good_one_still_works(page):
@@ -152,10 +273,11 @@ def test_a_broken_pair_explains_itself_and_the_good_one_still_works(page):
     page.get_by_role("tab", name="Generate side by side").click()
     page.locator("#pair input").click()
     page.get_by_role("option", name="Broken pair").click()
-    expect(page.locator("#pair-status")).to_contain_text("cannot be used")
-    expect(page.locator("#pair-status")).to_contain_text("How to fix")
+    expect(page.locator("#pair-headline")).to_contain_text("cannot be used")  # said where the visitor looks
+    expect(page.locator("#pair-headline")).to_contain_text("How to fix")
     page.locator("#pair input").click()
     page.get_by_role("option", name=re.compile("Tiny random pair")).click()
+    expect(page.locator("#pair-headline")).to_contain_text(HEADLINE)
     expect(page.locator("#pair-status")).to_contain_text("20 training images")
     page.locator("#seed input").fill("40")
     page.click("#generate-btn")

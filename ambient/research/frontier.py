@@ -152,6 +152,20 @@ def baseline_rate_at(points: Sequence[dict[str, Any]], fd: float, n_train: int) 
     return best
 
 
+def envelope(points: Sequence[dict[str, Any]], n_train: int, num: int = 80) -> list[dict[str, float | None]]:
+    """The baselines' early-stopping frontier at N as plot-ready rows: ``num`` Frechet distances spread on a log
+    scale over the baselines' range, each with ``baseline_rate_at`` there (None where no baseline brackets it)."""
+    import math
+
+    fds = [p["frechet_distance"] for p in points if p["kind"] == "baseline" and p["n_train"] == n_train]
+    fds = [f for f in fds if f > 0]
+    if len(fds) < 2 or num < 2:
+        return []
+    lo, hi = math.log(min(fds)), math.log(max(fds))
+    grid = sorted({*fds, *(math.exp(lo + (hi - lo) * i / (num - 1)) for i in range(1, num - 1))})  # ends exact
+    return [{"frechet_distance": fd, "rate_ratio": baseline_rate_at(points, fd, n_train)} for fd in grid]
+
+
 def compare(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each Ambient point with the baseline frontier's rate at its Frechet distance and the verdict.
 
