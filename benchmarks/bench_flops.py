@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import common  # benchmarks/common.py, beside this script
+from bench_request import app_default_pair  # the app's registry, as the request benchmark loads it
 
 NAME = "flops"
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     n_images = 4
 
     with tempfile.TemporaryDirectory(prefix="bench-flops-") as tmp:
-        registry, pair, pair_info = common.load_pair(args.config, tmp)
+        registry, pair, pair_info = common.load_pair(args.config, tmp, app_default_pair)
         handlers = Handlers(registry, cache_size=1)
         shape = pair.image_shape
         x1 = torch.randn(1, *shape)

@@ -267,28 +267,43 @@ def _write_fallback_pair(folder: Path) -> Path:
     )
 
 
-def load_pair(config: str | Path, workdir: str | Path) -> tuple[Any, Any, dict[str, Any]]:
-    """(registry, loaded pair, description) the way the app loads it: ``PairRegistry.from_path(config)``.
+def library_default_pair(config: Path) -> tuple[None, Any, str | None]:
+    """(None, the config's default pair or None, why not), loaded by the library (``ambient.pairs_config``)."""
+    from ambient.pair import PairError
+    from ambient.pairs_config import load_config
+    from ambient.pairs_config import load_pair as load_spec
+
+    try:
+        cfg = load_config(config)
+        if cfg.default in cfg.errors:
+            raise cfg.errors[cfg.default]
+        spec = next((s for s in cfg.specs if s.name == cfg.default), None)
+        if spec is None:
+            return None, None, f"{config} names no default pair"
+        return None, load_spec(spec), None
+    except PairError as e:
+        return None, None, str(e)
+
+
+def load_pair(
+    config: str | Path, workdir: str | Path, open_default: Callable[[Path], tuple[Any, Any, str | None]] | None = None
+) -> tuple[Any, Any, dict[str, Any]]:
+    """(registry or None, loaded pair, description): the config's default pair, opened by ``open_default``
+    (default: ``library_default_pair``; the app benchmarks pass one that loads through the app's registry and
+    returns it as the first item).
 
     When the configured default pair cannot be loaded, a random-init pair of the same architecture is written
     to ``workdir`` and loaded instead; the description says which one was used and why.
     """
-    from demo.pairs import PairError, PairRegistry
-
+    open_default = open_default or library_default_pair
     config = Path(config)
-    registry = PairRegistry.from_path(config)
-    reason = registry.config_error
-    pair = None
-    if reason is None:
-        try:
-            pair = registry.get(registry.default)
-        except PairError as e:
-            reason = str(e)
+    registry, pair, reason = open_default(config)
     used = "trained"
     if pair is None:
         config = _write_fallback_pair(Path(workdir))
-        registry = PairRegistry.from_path(config)
-        pair = registry.get(registry.default)
+        registry, pair, error = open_default(config)
+        if pair is None:
+            raise RuntimeError(f"the benchmarks' fallback pair does not load: {error}")
         used = "random-init fallback"
     info = {
         "used": used,
