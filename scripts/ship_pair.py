@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ambient.cards import measured_card
 from ambient.data import training_set_of
 from ambient.denoiser import CARD_NAME, EDMDenoiser, is_model_dir
 from ambient.evaluate import evaluate_pair
@@ -41,64 +42,6 @@ Licence: MIT (Expat), reproduced below (from the Debian package `dataset-fashion
 ```
 {licence}
 ```
-"""
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f} %"
-
-
-def model_card(name: str, model: EDMDenoiser, report: dict, command: str) -> str:
-    """A README for one shipped model folder, with its measured numbers."""
-    meta = model.meta
-    tc = meta.get("train_config", {})
-    row = report["baseline" if model.meta.get("loss") == "baseline" else "ambient"]
-    ref = report.get("reference", {})
-    s = report["settings"]
-    loss = meta.get("loss")
-    regime = meta.get("regime", "all")
-    what = {
-        ("baseline", "all"): "plain EDM loss on the clean images at every noise level",
-        ("ambient", "all"): f"Ambient loss, one network: fixed noisy copies (sigma_n = {meta.get('sigma_n')}) above "
-        "sigma_n, clean images below",
-        ("ambient", "high"): f"Ambient loss, high-noise-only network: trained only at sigma >= sigma_n = "
-        f"{meta.get('sigma_n')} on the fixed noisy copies; sampled with a hand-over to the baseline at sigma_n",
-    }[(loss, regime)]
-    k = tc.get("upsample", 1)
-    grid = (
-        f"\n- Grid: trained on the images upsampled {k} x {k} (each pixel repeated: {32 * k}x{32 * k}, so a fixed noisy "
-        f"copy holds {k * k} times the noise numbers of the same content) through a {tc.get('patch', 1)} x "
-        f"{tc.get('patch', 1)} space-to-depth stem; it samples at {32 * k}x{32 * k}, and its samples are averaged back "
-        f"to 32x32 to be scored, searched and shown. Noise levels are on the fine grid: sigma there is {k} times "
-        "sigma on the 32x32 content."
-        if k > 1
-        else ""
-    )
-    return f"""# {name}
-
-- Loss: {what}.
-- Data: {len(meta.get("train_ids", []))} Fashion-MNIST training images (class-balanced subset, seed
-  {tc.get("subset_seed")}), 32x32, one channel; ids in `ambient_config.json` (`meta.train_ids`) and `../train.npz`.
-- Text conditioning: prompt embeddings from {meta.get("text_model")} (captions from class names, templates
-  and synonyms; caption dropout {tc.get("caption_dropout")} so the empty prompt samples unconditionally).{grid}
-- Network: diffusers UNet2DModel, block_out_channels {tc.get("block_out_channels")}, no attention, EDM
-  preconditioning (sigma_data 0.5).
-- Training: {meta.get("steps")} steps, batch {tc.get("batch")}, Adam lr {tc.get("lr")} (warm-up {tc.get("warmup")}),
-  EMA {tc.get("ema")}, bf16 autocast, seed {meta.get("seed")}; training noise levels ln sigma ~ N({tc.get("p_mean", -1.2)},
-  {tc.get("p_std", 1.2)}), loss weight above sigma_n: {tc.get("high_weight", "edm")}.
-
-## Measured ({s["n"]} samples, EDM Heun {s["steps"]} steps, guidance {s["guidance"]})
-
-| | this model | held-out real images |
-|---|---|---|
-| nearest training image, cosine > 0.95 ({s["embedder"]}) | {_pct(row["rate_similarity"]["0.95"])} | {_pct(ref.get("rate_similarity", {}).get("0.95"))} |
-| nearest training image, cosine > 0.9 | {_pct(row["rate_similarity"]["0.9"])} | {_pct(ref.get("rate_similarity", {}).get("0.9"))} |
-| pixel-L2 ratio test d1/d2 < 1/3 | {_pct(row["rate_ratio"])} | {_pct(ref.get("rate_ratio"))} |
-| mean nearest cosine | {row["mean_similarity"]:.3f} | {ref.get("mean_similarity", float("nan")):.3f} |
-| Frechet distance (fmnist-cnn features) | {row.get("frechet_distance", float("nan")):.2f} | {ref.get("frechet_distance", float("nan")):.2f} |
-| prompt fidelity (classifier accuracy) | {_pct(row.get("prompt_fidelity"))} | {_pct(ref.get("prompt_fidelity"))} |
-
-Reproduce: `{command}`
 """
 
 
@@ -197,11 +140,11 @@ def main() -> int:
             steps=args.steps,
             guidance=args.guidance,
         )
-        card = loaded[name].model_card(model_card(name, loaded[name], report, cmd))  # with Hub metadata
+        card = loaded[name].model_card(measured_card(name, loaded[name], report, cmd))  # with Hub metadata
         (out / name / CARD_NAME).write_text(card)
         if (name == "ambient" and not args.variant) or args.baseline_as:
             base = loaded[base_name]
-            (out / base_name / CARD_NAME).write_text(base.model_card(model_card(base_name, base, report, cmd)))
+            (out / base_name / CARD_NAME).write_text(base.model_card(measured_card(base_name, base, report, cmd)))
         print(json.dumps({k: report[k] for k in ("reference", "baseline", "ambient")}, indent=1)[:3000], flush=True)
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     shipped = out / "SHIPPED.json"

@@ -123,3 +123,30 @@ def test_the_guard_sees_path_edits_and_app_imports(tmp_path):
     good = tmp_path / "good.py"
     good.write_text("import sys\nfrom . import x\nprint(sys.argv)\n")
     assert _imports_and_path_edits(good) == ({"sys"}, [])
+
+
+def test_the_shipped_cards_measured_table_is_the_report_of_that_model():
+    import json
+
+    from ambient.cards import measured_card
+    from ambient.denoiser import EDMDenoiser
+
+    pair = ROOT / "assets" / "fmnist-100"
+    report = json.loads((pair / "eval" / "report.json").read_text())
+    for name in ("baseline", "ambient"):
+        model = EDMDenoiser.from_pretrained(pair / name)
+        card = measured_card(name, model, report, "python scripts/ship_pair.py --n 1000")
+        row, ref = report[name], report["reference"]
+        assert card.startswith(f"# {name}\n") and card.rstrip().endswith(
+            "Reproduce: `python scripts/ship_pair.py --n 1000`"
+        )
+        line = next(x for x in card.splitlines() if x.startswith("| pixel-L2 ratio test"))
+        assert (
+            line
+            == f"| pixel-L2 ratio test d1/d2 < 1/3 | {100 * row['rate_ratio']:.1f} % | {100 * ref['rate_ratio']:.1f} % |"
+        )
+        assert f"## Measured ({report['settings']['n']} samples" in card
+        assert ("plain EDM loss" in card) == (name == "baseline")
+    # the generated card of a folder without one: what save_pretrained writes
+    card = EDMDenoiser.from_pretrained(pair / "ambient").model_card(title="ambient")
+    assert card.startswith("---\n") and "# ambient\n" in card and "- Loss: ambient, sigma_n = " in card
