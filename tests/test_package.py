@@ -77,3 +77,26 @@ def test_installed_package_is_this_checkout_imports_lazily_and_brought_no_depend
 def test_an_unknown_subcommand_fails_with_usage(fresh_venv, tmp_path):
     proc = _run([str(fresh_venv / "bin" / "ambient"), "no-such-verb"], tmp_path, deps=True)
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_declared_dependencies_admit_the_pinned_versions_and_pin_torch_exactly():
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    declared = {
+        canonicalize_name(r.name): r
+        for r in map(Requirement, tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    }
+    pins = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    assert set(declared) == set(pins), set(declared) ^ set(pins)
+    for name, version in pins.items():
+        assert declared[name].specifier.contains(version), (name, str(declared[name].specifier), version)
+    for name in ("torch", "torchvision"):  # a range lets pip choose another (on Linux, a multi-GB CUDA) build
+        assert str(declared[name].specifier) == f"=={pins[name]}"
