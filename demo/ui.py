@@ -361,7 +361,7 @@ def _generate_tab(first: ModelPair | None, banner: str) -> _GenerateTab:
     start = h.slider_start(first) if first else lo
     with gr.Tab("Generate side by side", id="generate"):
         with gr.Row():
-            with gr.Column(scale=1, min_width=340):
+            with gr.Column(scale=1, min_width=300):
                 prompt = gr.Textbox(
                     label="Prompt (empty = unconditional)",
                     placeholder="e.g. a photo of a sneaker",
@@ -406,9 +406,11 @@ def _generate_tab(first: ModelPair | None, banner: str) -> _GenerateTab:
                         info="truncate: stop the Ambient run at sigma_c and show its estimate x0_hat.",
                     )
             with gr.Column(scale=3):
-                with gr.Row(equal_height=True):
+                with gr.Row(equal_height=False):
                     summary = gr.Markdown(GALLERY_HINT, elem_id="summary")
-                    go = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=0, min_width=180)
+                    go = gr.Button(
+                        "Generate", variant="primary", size="lg", elem_id="generate-btn", scale=0, min_width=180
+                    )
                 with gr.Row():
                     g_amb = gr.Gallery(
                         label="Ambient (with the cutoff)",
@@ -434,7 +436,7 @@ def _generate_tab(first: ModelPair | None, banner: str) -> _GenerateTab:
                     compare_md = gr.Markdown(elem_id="compare-caption")
                     with gr.Row():
                         compare_slider = gr.ImageSlider(
-                            label="Sample (left) | nearest training image (right): drag the handle",
+                            label="Sample | nearest training image (drag)",
                             type="pil",
                             format="png",
                             interactive=False,

@@ -293,3 +293,21 @@ def test_an_example_fills_the_inputs_and_generates(page):
     expect(page.locator("#cutoff-label")).to_contain_text("sigma_c = 1")
     expect(page.locator("#summary")).to_contain_text('Prompt "a photo of a sneaker"')
     expect(page.locator("#nn-ambient .nn-row")).to_have_count(4)
+
+
+def test_the_readme_screenshot_steps_work_here_too(page, shots):
+    """scripts/screenshot.py drives the page as this test does: Generate, then open a copy; its picture is small."""
+    import importlib.util
+
+    from playwright.sync_api import expect
+
+    spec = importlib.util.spec_from_file_location(
+        "screenshot", Path(__file__).resolve().parents[1] / "scripts" / "screenshot.py"
+    )
+    shot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shot)
+    page.get_by_role("tab", name="Generate side by side").click()
+    shot.generate_and_compare(page, timeout_ms=90_000)
+    expect(page.locator("#compare-caption")).to_contain_text("COPY")  # the memorizer's first image is a copy
+    out = shot.save_small_png(page.screenshot(full_page=True), shots / "app.png")
+    assert 0 < out.stat().st_size <= shot.MAX_BYTES
