@@ -1,5 +1,9 @@
 """A latent pair: an Ambient and a baseline fine-tuned text-to-image pipeline, sampled side by side in latent space.
 
+A latent pair is an ``ambient.pair.Pair`` like any other (``kind == "latent"``): its sides are the two UNets as
+EDM denoisers, its prompt encoder ``ClipPrompts`` (the shared CLIP text encoder) and its codec ``VaeCodec`` (the
+shared VAE); this module checks and loads the pipelines into one (``load_latent_pair``).
+
 What a latent pair is
     Two pipeline folders written by ``python -m ambient finetune`` (``OUT/model``: ``model_index.json``, ``unet/``,
     ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/`` and ``ambient_latent.json``), one fine-tuned with
@@ -21,7 +25,7 @@ Hand-over and truncation in latent space (the method note of this module)
     token states as the unconditional input, the input the fine-tuning's caption dropout trained:
     D_u + w (D_c - D_u); w = 1 is the conditional model alone (one UNet call per step). The latents are decoded by
     the shared VAE (z / scaling_factor + shift_factor). The baseline panel is the baseline alone from the same
-    seeds, so panel i of both sides starts from the same latent noise.
+    seeds, so panel i of both sides starts from the same latent noise (``Pair.side_by_side``).
 
 The moment of copying
     The copy-moment plot needs each step's clean estimate as an image: the latent estimate D(z, sigma) is decoded

@@ -1,12 +1,25 @@
-"""What a model pair is, and how one is loaded and cross-checked: evaluation and the app build pairs here.
+"""ONE model pair type, pixel or latent: the app, ``ambient.evaluate``, the grid and the scripts all use it.
 
-A pair is an Ambient model and a baseline trained on the same images, those training images with their
-nearest-neighbour index, the sigma range both cover, the Ambient model's training cutoff sigma_n and
-regime (so the right sampling cutoff can be chosen), and optionally the shipped sigma_c sweep and
-held-out reference images. Models trained on their images upsampled (``--upsample K``: each pixel repeated,
-a finer noise grid over the same content) sample at K times the side; ``Pair.to_data`` averages their
-images back to the training images' size, where they are searched, scored and shown. Anything inconsistent
-raises ``PairProblem``, which says what is wrong and how to fix it.
+A ``Pair`` is an Ambient model and a baseline trained on the same images, behind three interfaces in the style of
+k-diffusion's wrappers (one wrapper serves pixel and latent models):
+
+- the two sides share one denoiser face: ``D(x, sigma, cond)`` on samples of ``image_shape`` (pixels, or VAE
+  latents), within the common sigma range ``sigma_min``..``sigma_max``, with a config ``meta``;
+- a prompt encoder (``prompts``): ``encode(prompts)``, ``cond(prompt, n)`` and ``uncond()``, the unconditional
+  input of guidance: ``PixelPrompts`` (MiniLM vectors; the empty prompt is zeros) or
+  ``ambient.latent_pair.ClipPrompts`` (CLIP token states; the empty prompt's states);
+- a codec (``codec``) from model space to what is shown and searched: ``PixelCodec`` (the samples, each
+  ``upsample`` x ``upsample`` block averaged back to the training images' size) or ``ambient.latent_pair.VaeCodec``
+  (the VAE's decode, resized to the index's size for the search);
+
+plus the training images with their nearest-neighbour index, the Ambient model's training cutoff sigma_n and
+regime (so the right sampling cutoff can be chosen), the copy test, and optionally the shipped sigma_c sweep and
+held-out reference images. ``side_by_side``, ``trajectories``, ``generate`` and ``sweep_cutoff`` are its methods;
+``cutoff_at`` turns a number into the ``Cutoff`` it asks for, the range's ends being the explicit ends.
+
+Pairs come from two folders (``load_pair`` here, ``ambient.latent_pair.load_latent_pair``) or from a pairs.json
+entry (``ambient.pairs_config``). Anything inconsistent raises ``PairError`` (also named ``PairProblem``), which
+says what is wrong and how to fix it.
 """
 
 from __future__ import annotations

@@ -439,3 +439,12 @@ def test_the_ends_a_user_is_told_are_the_ends_that_act(handlers):
     spy.side_by_side([0], "a red cat", 4, h.check_cutoff(lo, "handover", p), trajectory_points=0)
     n_base = 2 * 4 - 1  # the baseline panel's own Heun run
     assert len(spy.baseline.sigmas) == n_base  # the told bottom: no baseline step in the Ambient panel
+
+
+def test_sample_on_a_latent_pipeline_says_how_to_sample_it(lat, tmp_path, capsys):
+    from ambient.cli import main
+
+    assert main(["sample", "--model", str(lat["ambient"]), "--out", str(tmp_path / "x.png"), "--n", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "fine-tuned latent pipeline" in err and "ambient evaluate" in err and "cross_attention_dim" not in err
+    assert not (tmp_path / "x.png").exists()
