@@ -150,3 +150,20 @@ def test_the_shipped_cards_measured_table_is_the_report_of_that_model():
     # the generated card of a folder without one: what save_pretrained writes
     card = EDMDenoiser.from_pretrained(pair / "ambient").model_card(title="ambient")
     assert card.startswith("---\n") and "# ambient\n" in card and "- Loss: ambient, sigma_n = " in card
+
+
+def test_truncate_probe_scores_each_model_at_each_cutoff(tiny, tmp_path):
+    import json
+    import shutil
+
+    probe = _script("truncate_probe")
+    pair = tmp_path / "pair"
+    shutil.copytree(tiny.parent / "tiny", pair)
+    assert probe.main([str(pair), "3"]) == 0
+    data = json.loads((pair / "eval" / "truncate_probe.json").read_text())
+    rows = data["rows"]
+    assert [(r["model"], r["truncate_at"]) for r in rows] == [
+        (m, c) for m in ("ambient", "baseline") for c in probe.CUTOFFS
+    ]
+    assert all(r["n"] == 3 and 0 <= r["rate_ratio"] <= 1 and r["frechet_distance"] > 0 for r in rows)
+    assert data["command"].startswith("python ")
