@@ -152,8 +152,9 @@ def frontier_figure(
     data: dict[str, Any], n_train: int, highlight: dict[str, tuple[str, int | None]] | None = None, title: str = ""
 ) -> Any:
     """The frontier at one training-set size as an interactive plotly figure: the baselines' envelope and the
-    pair's two runs (``highlight``: side -> (run, shipped step)) drawn strong, every other run faint and off
-    until switched on in the legend; hover shows run, step, copies with interval, Frechet distance."""
+    pair's two runs (``highlight``: side -> (run, shipped step)) drawn strong, every other run faint (off until
+    switched on in the legend where the pair's runs are drawn); hover shows run, step, copies with interval,
+    Frechet distance."""
     import plotly.graph_objects as go
 
     from ambient.research.frontier import envelope, series
@@ -175,7 +176,8 @@ def frontier_figure(
             )
         )
     groups = [(k, g) for k, g in series(points).items() if k[2] == n_train and g[0]["kind"] != "reference"]
-    groups.sort(key=lambda kg: (kg[0][1] in mine, kg[1][0]["kind"] == "baseline"))  # the pair's runs on top
+    groups.sort(key=lambda kg: (kg[0][1] not in mine, kg[1][0]["kind"] != "baseline"))  # the pair's runs first
+    any_mine = any(run in mine for (_label, run, _n), _g in groups)
     for (label, run, _n), group in groups:
         kind = group[0]["kind"]
         side = mine.get(run)
@@ -188,7 +190,7 @@ def frontier_figure(
             color = "#888888" if kind == "baseline" else "#9ab7d3"
             name = f"{'baseline' if kind == 'baseline' else 'Ambient'}: {short}"
             style = {"line": {"color": color, "width": 1}, "marker": {"size": 5}, "opacity": 0.45}
-            style["visible"] = "legendonly"
+            style["visible"] = "legendonly" if any_mine else True  # no run of this pair here: all faint, shown
         fig.add_trace(
             go.Scatter(
                 x=[p["frechet_distance"] for p in group],

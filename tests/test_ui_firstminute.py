@@ -151,6 +151,8 @@ def test_the_tradeoff_parts_of_the_default_pair_keep_the_band_tables_and_data():
     parts = _frontier_parts(H.pair(H.registry.default))
     assert len(parts["figs"]) == 2  # N = 100 and N = 300, the pair's own first
     assert any(t.name.startswith("this pair's") for t in parts["figs"][0].data)
+    other_n = [t for t in parts["figs"][1].data if t.name.startswith(("baseline:", "Ambient:"))]
+    assert other_n and all(t.visible is True and t.opacity < 1 for t in other_n)  # no run of the pair: all faint
     assert not any(t.name.startswith("this pair's") for t in parts["figs"][1].data)
     assert parts["bands"].count("| ratio test |") >= 1 and "| ratio test |" not in parts["md"]
     assert len(parts["json"]["points"]) == len(H.pair(H.registry.default).frontier["points"])
