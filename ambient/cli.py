@@ -7,47 +7,6 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 
-# One line per TrainConfig field: the help of ``python -m ambient train``'s options (a test checks that every
-# field has one). argparse %-formats help strings: write no bare percent sign here.
-TRAIN_HELP: dict[str, str] = {
-    "out": "run folder: checkpoint/ (to resume), model/ (the exported EMA model) and snapshots/ go here",
-    "data": "training data: 'fashion-mnist', 'fashion-mnist:FOLDER', a .npz file or an image folder",
-    "n": "number of training images (a class-balanced subset of the data)",
-    "subset_seed": "seed of the choice of that subset",
-    "image_size": "image side in pixels (Fashion-MNIST's 28 are padded to it)",
-    "upsample": "train at image_size times this, each pixel repeated (a finer noise grid, the same content); "
-    "samples are averaged back to image_size for scoring",
-    "patch": "side of the network's space-to-depth stem: each patch x patch block of pixels is one input position, so "
-    "a step at 64 x 64 with patch 2 costs about what one at 32 x 32 costs",
-    "loss": "'baseline' (EDM) or 'ambient' (above sigma_n only fixed noisy copies of the data are seen)",
-    "sigma_n": "noise level of the fixed noisy copies; the ambient loss needs it > 0",
-    "regime": "'all' (one network for every sigma) or 'high' (only sigma >= sigma_n: a high-noise-only Ambient network)",
-    "steps": "optimiser steps in all; a resumed run continues up to this",
-    "batch": "images per step (split across processes under torchrun)",
-    "lr": "peak learning rate",
-    "warmup": "steps of linear learning-rate warm-up",
-    "lr_decay": "learning rate after warm-up: 'none' (constant) or 'cosine' (down to 0 at --steps)",
-    "ema": "decay of the exponential moving average of the weights (the exported model is the average)",
-    "seed": "seed of the initial weights, batches, noise levels and each training image's fixed noise",
-    "text_model": "sentence encoder of the class captions, or 'none' for an unconditional model",
-    "caption_dropout": "probability that a training image's caption is dropped (for classifier-free guidance)",
-    "block_out_channels": "channels of the UNet's resolution levels, finest first",
-    "layers_per_block": "ResNet layers per UNet block",
-    "time_scale_shift": "'default' (the noise/text embedding is added) or 'scale_shift' (FiLM after GroupNorm)",
-    "dropout": "dropout in the UNet's ResNet blocks, in [0, 1)",
-    "weight_decay": "decoupled weight decay (AdamW); 0 is plain Adam",
-    "p_mean": "mean of ln(sigma) of the training noise levels: ln(sigma) ~ Normal(p_mean, p_std)",
-    "p_std": "standard deviation of ln(sigma) of the training noise levels",
-    "high_weight": "loss weight above sigma_n: 'edm' (EDM's) or 'ambient4' (EDM's times sigma^4 / (sigma^2 - sigma_n^2)^2, "
-    "at most 100)",
-    "compile": "torch.compile the network (pays off on GPUs and long CPU runs)",
-    "precision": "'auto' (bf16 where the device has it natively), 'bf16' or 'fp32'",
-    "checkpoint_every": "write a resumable checkpoint every this many steps (and at the end)",
-    "snapshot_every": "also export the model to snapshots/step_NNNNNN every this many steps (0: never)",
-    "log_every": "log the mean loss and images/s every this many steps",
-    "progress": "show a progress bar (--no-progress: a log line every --log-every steps)",
-}
-
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends "(default: ...)" to every option's help, except where there is nothing to show (required
@@ -69,31 +28,44 @@ def _parser(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.A
     return sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    from ambient.training import TrainConfig
-
-    p = _parser(sub, "train", "train a baseline or Ambient model (resumes from OUT/checkpoint)")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+def add_config_options(p: argparse.ArgumentParser, cls: type) -> None:
+    """One option per field of a config dataclass, ``--field-name``, with the help text its field carries
+    (``metadata["help"]``): switches for booleans, integer lists, words that mean None where the field says so."""
+    for f in dataclasses.fields(cls):
+        flag, help = "--" + f.name.replace("_", "-"), f.metadata.get("help")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help = TRAIN_HELP.get(f.name)
-        if isinstance(default, bool):
+        if f.metadata.get("required"):
+            p.add_argument(flag, required=True, help=help)
+        elif isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
         elif isinstance(default, list):
             p.add_argument(flag, type=int, nargs="+", default=default, help=help)
-        elif f.name == "text_model":
+        elif default is None or "none" in f.metadata:
             p.add_argument(flag, default=default, help=help)
         else:
             p.add_argument(flag, type=type(default), default=default, help=help)
 
 
+def config_from_args(cls: type, args: argparse.Namespace) -> object:
+    """The config dataclass of parsed options (words that mean None, where a field names them, become None)."""
+    kw = {}
+    for f in dataclasses.fields(cls):
+        v = getattr(args, f.name)
+        kw[f.name] = None if v in f.metadata.get("none", ()) else v
+    return cls(**kw)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from ambient.training import TrainConfig
+
+    p = _parser(sub, "train", "train a baseline or Ambient model (resumes from OUT/checkpoint)")
+    add_config_options(p, TrainConfig)
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from ambient.training import TrainConfig, train
 
-    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    if kw["text_model"] in ("none", "", "None"):
-        kw["text_model"] = None
-    path = train(TrainConfig(**kw))
+    path = train(config_from_args(TrainConfig, args))
     print(f"model written to {path}")
     return 0
 
@@ -253,7 +225,7 @@ def _run_grid(args: argparse.Namespace) -> int:
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    from ambient.latent import FINETUNE_HELP, FinetuneConfig
+    from ambient.latent import FinetuneConfig
 
     p = _parser(
         sub,
@@ -261,20 +233,13 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
         "fine-tune the UNet of a diffusers text-to-image pipeline on captioned images, baseline or Ambient loss in "
         "latent space (resumes from OUT/checkpoint)",
     )
-    for f in dataclasses.fields(FinetuneConfig):
-        flag, help = "--" + f.name.replace("_", "-"), FINETUNE_HELP.get(f.name)
-        if f.name in ("pretrained", "data"):
-            p.add_argument(flag, required=True, help=help)
-        elif isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help)
-        else:
-            p.add_argument(flag, type=type(f.default), default=f.default, help=help)
+    add_config_options(p, FinetuneConfig)
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
     from ambient.latent import FinetuneConfig, finetune
 
-    path = finetune(FinetuneConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)}))
+    path = finetune(config_from_args(FinetuneConfig, args))
     print(f"pipeline written to {path}")
     return 0
 

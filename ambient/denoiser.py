@@ -23,9 +23,6 @@ import inspect
 import json
 import math
 import os
-import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +31,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ambient.io import as_os_error, atomic_write_dir, resolve_folder
+from ambient.io import read_json as _read_json
 
 SIGMA_MIN = 0.002
 SIGMA_MAX = 80.0
@@ -154,81 +154,28 @@ def _as_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     return sigma.reshape(-1, *([1] * (x.ndim - 1)))
 
 
-def _as_os_error(e: BaseException, where: Path) -> BaseException:
-    """safetensors reports a full or read-only disk as ``SafetensorError('... (os error 28)')``: the OSError it is."""
-    if not isinstance(e, OSError) and type(e).__name__ == "SafetensorError":
-        m = re.search(r"os error (\d+)", str(e))
-        if m:
-            code = int(m.group(1))
-            return OSError(code, os.strerror(code), str(where))
-    return e
-
-
-def _atomic_write_dir(target: Path, write: Any) -> None:
-    """Write a folder through a temporary sibling and rename it into place; on any error the previous folder
-    stays (or is put back) where it was and the temporary one is removed. I/O errors are raised as ``OSError``."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        write(tmp)
-        umask = os.umask(0o022)
-        os.umask(umask)
-        for root, dirs, files in os.walk(tmp):  # mkdtemp makes 0700 and safetensors 0600: the usual umask modes
-            for name in files:
-                if not os.path.islink(os.path.join(root, name)):
-                    os.chmod(os.path.join(root, name), 0o666 & ~umask)
-            for name in dirs:
-                os.chmod(os.path.join(root, name), 0o777 & ~umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        old = target.with_name(f".{target.name}.old")
-        if target.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old.exists():
-            shutil.rmtree(old)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        old = target.with_name(f".{target.name}.old")
-        if old.exists() and not target.exists():
-            os.replace(old, target)  # put the previous folder back
-        err = _as_os_error(e, target)
-        if err is not e:
-            raise err from e
-        raise
+_as_os_error = as_os_error  # the names other modules imported before ambient.io held them
+_atomic_write_dir = atomic_write_dir
 
 
 def resolve_model_dir(path_or_id: str | os.PathLike) -> Path:
-    """A local folder as is; otherwise a Hugging Face hub id, downloaded (needs internet)."""
-    p = Path(path_or_id)
-    if p.exists():
-        if not p.is_dir():
-            raise ValueError(f"{p} is a file; expected a model folder holding {CONFIG_NAME} and {UNET_FOLDER}/")
-        return p
-    s = str(path_or_id)
-    if s.count("/") != 1 or s.startswith((".", "/")):
-        raise FileNotFoundError(f"model folder {s!r} does not exist")
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise FileNotFoundError(f"{s!r} is not a local folder and HF_HUB_OFFLINE=1 forbids a hub download")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import EntryNotFoundError, HTTPError
-
-    try:
-        return Path(snapshot_download(s, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.md"]))
-    except (OSError, ValueError, HTTPError, EntryNotFoundError) as e:  # network errors, unknown repos, bad ids
-        raise FileNotFoundError(f"could not fetch {s!r} from the hub ({type(e).__name__}: {e})") from e
+    """A local folder as is; otherwise a hub id (``owner/name`` or ``hub:owner/name``): from the local hub cache
+    when HF_HUB_OFFLINE is set (1/true/yes/on), else downloaded (``ambient.io.resolve_folder``)."""
+    return resolve_folder(
+        path_or_id,
+        ["*.json", "*.safetensors", "*.txt", "*.md"],
+        f"a model folder holding {CONFIG_NAME} and {UNET_FOLDER}/ (or a diffusers pipeline folder)",
+    )
 
 
 def _layout(d: Path) -> str | None:
     """What a folder holds: "edm" (this layout), "edm-v1" (the older one), "diffusers" (a pipeline), or None."""
+    if (d / UNET_FOLDER).is_dir() and (d / "scheduler").is_dir():
+        return "diffusers"  # first: a fine-tuned latent pipeline has the sidecar too (type "latent")
     if (d / CONFIG_NAME).is_file():
         return "edm"
     if (d / LEGACY_CONFIG_NAME).is_file():
         return "edm-v1"
-    if (d / UNET_FOLDER).is_dir() and (d / "scheduler").is_dir():
-        return "diffusers"
     return None
 
 
@@ -244,15 +191,6 @@ def is_model_dir(path: str | os.PathLike) -> bool:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
     return isinstance(cfg, dict) and cfg.get("type", "edm") == "edm" and isinstance(cfg.get("network"), dict)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not a UTF-8 text file: {e}") from e
 
 
 def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -351,32 +289,10 @@ class EDMDenoiser(nn.Module):
         return f"---\n{data.to_yaml()}\n---\n{body}"
 
     def _card_body(self, title: str) -> str:
-        """A short generated card for a folder that has none."""
-        m = self.meta
-        loss = m.get("loss", "not recorded")
-        sn = f", sigma_n = {m['sigma_n']}" if m.get("sigma_n") is not None else ""
-        regime = f", regime {m['regime']}" if m.get("regime") else ""
-        n = len(m.get("train_ids") or [])
-        data = f"{n} images of {m.get('dataset', 'an unrecorded dataset')}" if n else "data not recorded"
-        cond = (
-            f"prompt embeddings of {m.get('text_model') or 'a text encoder (not recorded)'} ({self.cond_dim}-d), projected by `{TEXT_PROJ_NAME}` to "
-            "the UNet's `class_labels` (`class_embed_type` identity); a zero vector is the empty prompt"
-            if self.cond_dim
-            else "none (unconditional)"
-        )
-        return f"""# {title}
+        """A short generated card for a folder that has none (``ambient.cards``, where the cards are written)."""
+        from ambient.cards import generated_card
 
-An EDM denoiser D(x, sigma, cond) from the Ambient Diffusion memorization project: a diffusers `UNet2DModel`
-(in `{UNET_FOLDER}/`) inside EDM preconditioning (sigma_data {self.sigma_data:g}).
-
-- Loss: {loss}{sn}{regime}.
-- Training: {m.get("steps", "?")} steps; {data} (ids in `{CONFIG_NAME}`, `meta.train_ids`).
-- Text conditioning: {cond}.
-
-Load the denoiser with `ambient.denoiser.EDMDenoiser.from_pretrained(folder)`. The raw network alone loads with
-`diffusers.UNet2DModel.from_pretrained(folder, subfolder="{UNET_FOLDER}")`; it takes c_in(sigma) x and the
-timestep {self.net.time_scale:g} * log(sigma) / 4, and returns F with D = c_skip x + c_out F.
-"""
+        return generated_card(self, title)
 
     def save_pretrained(self, path: str | os.PathLike, check: Callable[[Path], None] | None = None) -> None:
         """Write the model folder (``unet/``, ``text_proj.safetensors``, ``ambient_config.json``, ``README.md``)
@@ -606,11 +522,15 @@ class DDPMAdapter(nn.Module):
         d = Path(path_or_id)
         if not d.exists():
             d = resolve_model_dir(path_or_id)
-        if (d / CONFIG_NAME).is_file():
+        if _layout(d) in ("edm", "edm-v1"):
             raise ValueError(f"{d} is an EDM model folder ({CONFIG_NAME}): load it with EDMDenoiser.from_pretrained")
         if not (d / "unet").is_dir() or not (d / "scheduler").is_dir():
             raise FileNotFoundError(f"{d} is not a diffusers pipeline folder (needs unet/ and scheduler/)")
-        unet = UNet2DModel.from_pretrained(d / "unet", use_safetensors=True)
+        unet_class = UNet2DModel
+        unet_cfg = _read_json(d / "unet" / "config.json") if (d / "unet" / "config.json").is_file() else {}
+        if isinstance(unet_cfg, dict) and unet_cfg.get("_class_name") == "UNet2DConditionModel":
+            from diffusers import UNet2DConditionModel as unet_class  # a text-to-image pipeline's UNet
+        unet = unet_class.from_pretrained(d / "unet", use_safetensors=True, low_cpu_mem_usage=False)
         sched = DDPMScheduler.from_pretrained(d / "scheduler")
         return cls.from_scheduler(unet, sched).eval()
 
@@ -643,7 +563,9 @@ class DDPMAdapter(nn.Module):
                     f"this {type(self.unet).__name__} is unconditional and cannot take a prompt embedding (cond): "
                     "pass cond=None"
                 )
-            kwargs["encoder_hidden_states"] = cond[:, None, :]
+            # token states (B, L, D) as they are (a text-to-image UNet); one vector (B, D) as a sequence of one
+            states = cond if cond.ndim == 3 else cond[:, None, :]
+            kwargs["encoder_hidden_states"] = states.to(self.unet.dtype)
         out = self.unet(x_in.to(self.unet.dtype), t, **kwargs).sample.float()
         if self.prediction_type == "epsilon":
             return x - s * out

@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 HUB_PREFIX = "hub:"
+SIDECAR_NAME = "ambient_config.json"  # a model folder's one sidecar: {"format_version", "type": "edm" | "latent", ...}
+SIDECAR_VERSION = 3
+LEGACY_LATENT_SIDECAR = "ambient_latent.json"  # latent pipelines exported before the sidecar was one file (v1)
 OFFLINE_VALUES = ("1", "true", "yes", "on")
 
 
@@ -158,8 +161,9 @@ def resolve_folder(
     try:
         return Path(snapshot_download(repo, allow_patterns=list(patterns), local_files_only=offline))
     except Exception as e:  # not cached while offline, network errors, unknown repos, bad ids
+        flag = os.environ.get("HF_HUB_OFFLINE", "").strip()
         why = (
-            "it is not in the local hub cache and HF_HUB_OFFLINE forbids a download"
+            f"it is not in the local hub cache and HF_HUB_OFFLINE={flag} forbids a download"
             if offline
             else f"{type(e).__name__}: {e}"
         )

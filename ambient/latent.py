@@ -11,7 +11,7 @@ The VP / epsilon parametrisation seen in EDM's sigma (the mapping of ``ambient.d
     x_t = x / sqrt(1 + sigma^2) at the fractional timestep t(sigma) found by interpolating log sigma over the
     scheduler's table (``DDPMAdapter.sigma_to_t``), and turns its output into the implied clean latent:
     D = x - sigma eps_hat (epsilon prediction), D = sqrt(a) x_t - sqrt(1 - a) v_hat (v prediction).
-    ``LatentDenoiser`` below is ``DDPMAdapter`` with the one change a text-to-image UNet needs: the prompt
+    ``LatentDenoiser`` below is ``DDPMAdapter`` itself, requiring what a text-to-image UNet needs: the prompt
     condition is the text encoder's sequence of token states (B, L, D), passed as ``encoder_hidden_states``.
 
 The loss and its weight
@@ -39,7 +39,9 @@ Run folder
                               (every draw is a function of (seed, rank, step)); bit for bit on the CPU, on a GPU
                               as far as its kernels are deterministic.
     model/                    the exported diffusers pipeline (``pipe.save_pretrained``, safetensors) with the
-                              fine-tuned UNet (its EMA where ``ema`` > 0) and ``ambient_latent.json``: loss,
+                              fine-tuned UNet (its EMA where ``ema`` > 0) and ``ambient_config.json`` (the
+                              model folder's one sidecar, type "latent"; pipelines exported before it
+                              have ``ambient_latent.json``, still read): loss,
                               sigma_n, sigma_data, steps, the training files and captions, the sigma range.
 
 Under ``torchrun --nproc_per_node K`` each process draws batch / K images from (seed, rank, step), rank 0 writes
@@ -48,31 +50,44 @@ the cache, checkpoints and the export, and gradients are averaged by Distributed
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-import math
+import logging
 import os
-import shutil
-import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from ambient.denoiser import DDPMAdapter, _as_sigma, _atomic_write_dir
+from ambient.denoiser import DDPMAdapter
+from ambient.io import (
+    LEGACY_LATENT_SIDECAR,
+    SIDECAR_NAME,
+    SIDECAR_VERSION,
+    atomic_write_dir,
+    atomic_write_file,
+    resolve_folder,
+)
+from ambient.io import read_json as _read_json
 from ambient.losses import P_MEAN, P_STD, ambient_loss, edm_loss, fixed_noise, sample_sigmas
-from ambient.training import _dist_info, _flatten_optimizer, _unflatten_optimizer, use_bf16
+from ambient.training import (
+    Task,
+    TrainingLoop,
+    check_loss_settings,
+    option,
+    step_generator,
+)
 
 CACHE_NAME = "latent_cache.safetensors"
 CHECKPOINT = "checkpoint"
 MODEL = "model"
-AMBIENT_JSON = "ambient_latent.json"  # not ambient_config.json: that name marks a pixel EDM model folder
-FORMAT_VERSION = 1
+AMBIENT_JSON = SIDECAR_NAME  # the one sidecar of a model folder (type "latent" here, "edm" for a pixel model)
+LEGACY_JSON = LEGACY_LATENT_SIDECAR  # what pipelines exported before it was one file have (format_version 1)
+FORMAT_VERSION = SIDECAR_VERSION
 CACHE_VERSION = 1
 METADATA_NAME = "metadata.jsonl"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -86,6 +101,8 @@ COMPONENTS = {
 }
 HUB_PATTERNS = [  # what a hub download fetches: each component's config and safetensors weights, nothing else
     "model_index.json",
+    AMBIENT_JSON,
+    LEGACY_JSON,
     "*/*.json",
     "*/*.txt",
     "*/diffusion_pytorch_model.safetensors",
@@ -94,69 +111,78 @@ HUB_PATTERNS = [  # what a hub download fetches: each component's config and saf
     "*/model-*-of-*.safetensors",
 ]
 
-# One line per FinetuneConfig field: the help of ``python -m ambient finetune``'s options. No bare percent signs.
-FINETUNE_HELP: dict[str, str] = {
-    "pretrained": "diffusers text-to-image pipeline folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/) or "
-    "hub id",
-    "data": "folder of images with captions: a .txt of the same name beside each image, or a metadata.jsonl with "
-    "file_name and text",
-    "out": "run folder: latent_cache.safetensors, checkpoint/ (to resume) and model/ (the exported pipeline)",
-    "loss": "'baseline' (EDM loss on latents) or 'ambient' (above sigma_n only each latent's fixed noisy copy)",
-    "sigma_n": "noise level (EDM sigma, latent space) of the fixed noisy copies; the ambient loss needs it > 0",
-    "steps": "optimiser steps in all; a resumed run continues up to this",
-    "batch": "images per step (split across processes under torchrun)",
-    "lr": "peak learning rate (AdamW)",
-    "warmup": "steps of linear learning-rate warm-up",
-    "weight_decay": "AdamW's decoupled weight decay",
-    "max_grad_norm": "clip the gradient norm to this (0: no clipping)",
-    "ema": "decay of an exponential moving average of the UNet, exported instead of the raw weights (0: none)",
-    "seed": "seed of the batches, noise levels, caption dropout and each training image's fixed noise",
-    "resolution": "image side in pixels (shorter side resized, centre crop); 0: the UNet's sample size times the "
-    "VAE's downsampling",
-    "caption_dropout": "probability that a caption is replaced by the empty prompt (for classifier-free guidance)",
-    "sigma_data": "sigma_data of EDM's loss weight in latent space (the VAE's scaling factor gives latents unit std)",
-    "p_mean": "mean of ln(sigma) of the training noise levels (truncated to the scheduler's sigma range)",
-    "p_std": "standard deviation of ln(sigma) of the training noise levels",
-    "high_weight": "loss weight above sigma_n: 'edm' (EDM's) or 'ambient4' (EDM's times sigma^4 / (sigma^2 - "
-    "sigma_n^2)^2, at most 100)",
-    "precision": "'auto' (bf16 autocast where the device has it natively), 'bf16' or 'fp32'",
-    "gradient_checkpointing": "recompute UNet activations in the backward pass (less memory, slower)",
-    "cache_batch": "images per VAE / text-encoder batch while the cache is computed",
-    "checkpoint_every": "write a resumable checkpoint every this many steps (and at the end)",
-    "log_every": "log the mean loss and images/s every this many steps",
-    "progress": "show a progress bar (--no-progress: a log line every --log-every steps)",
-}
-
 
 @dataclass
 class FinetuneConfig:
     """Everything a fine-tuning run depends on; written into every checkpoint and the exported JSON."""
 
-    pretrained: str = ""
-    data: str = ""
-    out: str = "runs/finetune"
-    loss: str = "baseline"  # baseline | ambient
-    sigma_n: float = 0.0
-    steps: int = 1000
-    batch: int = 4
-    lr: float = 1e-5
-    warmup: int = 100
-    weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0
-    ema: float = 0.0
-    seed: int = 0
-    resolution: int = 0
-    caption_dropout: float = 0.1
-    sigma_data: float = 1.0
-    p_mean: float = P_MEAN
-    p_std: float = P_STD
-    high_weight: str = "edm"
-    precision: str = "auto"
-    gradient_checkpointing: bool = False
-    cache_batch: int = 8
-    checkpoint_every: int = 250
-    log_every: int = 10
-    progress: bool = True
+    pretrained: str = option(
+        "",
+        "diffusers text-to-image pipeline folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/) or hub id (owner/name or hub:owner/name)",
+        required=True,
+    )
+    data: str = option(
+        "",
+        "folder of images with captions: a .txt of the same name beside each image, or a metadata.jsonl with file_name and text",
+        required=True,
+    )
+    out: str = option(
+        "runs/finetune",
+        "run folder: latent_cache.safetensors, checkpoint/ (to resume) and model/ (the exported pipeline)",
+    )
+    loss: str = option(
+        "baseline", "'baseline' (EDM loss on latents) or 'ambient' (above sigma_n only each latent's fixed noisy copy)"
+    )
+    sigma_n: float = option(
+        0.0,
+        "noise level (EDM sigma, latent space) of the fixed noisy copies; the ambient loss needs it > 0, the baseline loss takes none",
+    )
+    steps: int = option(1000, "optimiser steps in all; a resumed run continues up to this")
+    batch: int = option(4, "images per step (split across processes under torchrun)")
+    lr: float = option(1e-5, "peak learning rate (AdamW)")
+    warmup: int = option(100, "steps of linear learning-rate warm-up")
+    lr_decay: str = option("none", "learning rate after warm-up: 'none' (constant) or 'cosine' (down to 0 at --steps)")
+    weight_decay: float = option(1e-2, "AdamW's decoupled weight decay")
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)")
+    ema: float = option(
+        0.0, "decay of an exponential moving average of the UNet, exported instead of the raw weights (0: none)"
+    )
+    seed: int = option(0, "seed of the batches, noise levels, caption dropout and each training image's fixed noise")
+    resolution: int = option(
+        0,
+        "image side in pixels (shorter side resized, centre crop); 0: the UNet's sample size times the VAE's downsampling",
+    )
+    caption_dropout: float = option(
+        0.1, "probability that a caption is replaced by the empty prompt (for classifier-free guidance)"
+    )
+    sigma_data: float = option(
+        1.0, "sigma_data of EDM's loss weight in latent space (the VAE's scaling factor gives latents unit std)"
+    )
+    p_mean: float = option(
+        P_MEAN, "mean of ln(sigma) of the training noise levels (truncated to the scheduler's sigma range)"
+    )
+    p_std: float = option(P_STD, "standard deviation of ln(sigma) of the training noise levels")
+    high_weight: str = option(
+        "edm",
+        "loss weight above sigma_n: 'edm' (EDM's) or 'ambient4' (EDM's times sigma^4 / (sigma^2 - sigma_n^2)^2, at most 100)",
+    )
+    precision: str = option("auto", "'auto' (bf16 autocast where the device has it natively), 'bf16' or 'fp32'")
+    gradient_checkpointing: bool = option(
+        False, "recompute UNet activations in the backward pass (less memory, slower)"
+    )
+    cache_batch: int = option(8, "images per VAE / text-encoder batch while the cache is computed")
+    checkpoint_every: int = option(250, "write a resumable checkpoint every this many steps (and at the end)")
+    snapshot_every: int = option(
+        0, "also export the pipeline to snapshots/step_NNNNNN every this many steps (0: never)"
+    )
+    log_every: int = option(10, "log the mean loss and images/s every this many steps")
+    progress: bool = option(True, "show a progress bar (--no-progress: a log line every --log-every steps)")
+
+    # settings a resumed run must share with its checkpoint (the others say how long, how often, how shown)
+    RESUME_KEYS: ClassVar[tuple[str, ...]] = (
+        "pretrained", "data", "loss", "sigma_n", "batch", "lr", "warmup", "lr_decay", "weight_decay", "max_grad_norm",
+        "ema", "seed", "resolution", "caption_dropout", "sigma_data", "p_mean", "p_std", "high_weight",
+    )  # fmt: skip
 
     def validate(self) -> None:
         """Raise ValueError on inconsistent settings (those that need the pipeline are checked on loading)."""
@@ -164,74 +190,31 @@ class FinetuneConfig:
             raise ValueError("--pretrained (a diffusers text-to-image pipeline folder or hub id) is required")
         if not self.data:
             raise ValueError("--data (a folder of images with captions) is required")
-        if self.loss not in ("baseline", "ambient"):
-            raise ValueError(f"loss must be 'baseline' or 'ambient', not {self.loss!r}")
-        if self.loss == "ambient" and not self.sigma_n > 0:
-            raise ValueError(f"the ambient loss needs --sigma-n > 0, got {self.sigma_n}")
-        if self.high_weight not in ("edm", "ambient4"):
-            raise ValueError(f"high_weight must be 'edm' or 'ambient4', not {self.high_weight!r}")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
-        if not 0 <= self.caption_dropout <= 1:
-            raise ValueError(f"caption_dropout must be in [0, 1], not {self.caption_dropout}")
-        if not 0 <= self.ema < 1:
-            raise ValueError(f"ema must be in [0, 1), not {self.ema}")
-        if not (self.sigma_data > 0 and self.p_std > 0 and self.lr > 0):
-            raise ValueError("sigma_data, p_std and lr must be positive")
-        if self.weight_decay < 0 or self.max_grad_norm < 0 or self.warmup < 0 or self.resolution < 0:
-            raise ValueError("weight_decay, max_grad_norm, warmup and resolution must be >= 0")
-        for name in ("steps", "batch", "cache_batch", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+        check_loss_settings(self)
+        if not self.sigma_data > 0:
+            raise ValueError("sigma_data must be positive")
+        if self.resolution < 0:
+            raise ValueError("resolution must be >= 0")
+        if self.cache_batch < 1:
+            raise ValueError("cache_batch must be at least 1")
 
 
-# settings a resumed run must share with its checkpoint (the others only say how long, how often, how shown)
-RESUME_KEYS = (
-    "pretrained",
-    "data",
-    "loss",
-    "sigma_n",
-    "batch",
-    "lr",
-    "warmup",
-    "weight_decay",
-    "max_grad_norm",
-    "ema",
-    "seed",
-    "resolution",
-    "caption_dropout",
-    "sigma_data",
-    "p_mean",
-    "p_std",
-    "high_weight",
-)
+RESUME_KEYS = FinetuneConfig.RESUME_KEYS
 
 
 # ---------------------------------------------------------------- the denoiser
 
 
 class LatentDenoiser(DDPMAdapter):
-    """A diffusers ``UNet2DConditionModel`` (epsilon, v or sample prediction) seen as an EDM denoiser on latents.
-
-    ``DDPMAdapter``'s sigma <-> timestep mapping; the condition is the text encoder's token states (B, L, D).
-    """
+    """``DDPMAdapter`` (the one adapter of a diffusers UNet as an EDM denoiser) for a text-to-image UNet: the same
+    mapping, with the prompt's token states (B, L, D) required as ``cond``."""
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Denoised estimate of the clean latent for the VE latent x at noise level sigma, prompt states ``cond``."""
         if cond is None or cond.ndim != 3:
             got = None if cond is None else tuple(cond.shape)
             raise ValueError(f"a text-to-image UNet needs the prompt's token states (B, L, D) as cond, got {got}")
-        s = _as_sigma(sigma, x)
-        a = 1.0 / (1.0 + s**2)
-        x_in = x * a.sqrt()
-        t = self.sigma_to_t(s.flatten())
-        dtype = self.unet.dtype
-        out = self.unet(x_in.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample.float()
-        if self.prediction_type == "epsilon":
-            return x - s * out
-        if self.prediction_type == "v_prediction":
-            return a.sqrt() * x_in - (1 - a).sqrt() * out
-        return out
+        return super().forward(x, sigma, cond)
 
     @classmethod
     def from_pipeline_dir(cls, path: str | os.PathLike) -> LatentDenoiser:
@@ -240,36 +223,70 @@ class LatentDenoiser(DDPMAdapter):
 
         d = resolve_pipeline_dir(path)
         check_pipeline_dir(d)
-        unet = UNet2DConditionModel.from_pretrained(d, subfolder="unet", use_safetensors=True)
+        unet = UNet2DConditionModel.from_pretrained(d, subfolder="unet", use_safetensors=True, low_cpu_mem_usage=False)
         return cls.from_scheduler(unet, DDPMScheduler.from_pretrained(d, subfolder="scheduler")).eval()
 
 
 # ---------------------------------------------------------------- the pipeline folder
 
+ACCELERATE_NOTICE = "`accelerate` was not found"
+
+
+class _NoAccelerateNotice(logging.Filter):
+    """Drops diffusers' multi-line advice to install accelerate (it loads the same way without it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return ACCELERATE_NOTICE not in str(record.msg)
+
+
+def quiet_accelerate_notice() -> None:
+    """Silence diffusers' "accelerate was not found" notice (that one message only) on the loggers that print it."""
+    for name in ("diffusers.models.modeling_utils", "diffusers.pipelines.pipeline_utils"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _NoAccelerateNotice) for f in log.filters):
+            log.addFilter(_NoAccelerateNotice())
+
+
+quiet_accelerate_notice()
+
 
 def resolve_pipeline_dir(
     path_or_id: str | os.PathLike, extra_patterns: tuple[str, ...] = (), what: str = "a diffusers pipeline folder"
 ) -> Path:
-    """A local pipeline folder as is; a hub id from the local cache, or downloaded when HF_HUB_OFFLINE is not set.
+    """A local pipeline folder as is; a hub id (``owner/name`` or ``hub:owner/name``) from the local cache when
+    HF_HUB_OFFLINE is set (1/true/yes/on), else downloaded (``ambient.io.resolve_folder``).
 
-    ``extra_patterns`` are files fetched beside ``HUB_PATTERNS`` (a fine-tuned pair's ``ambient_latent.json``).
+    ``extra_patterns`` are files fetched beside ``HUB_PATTERNS`` (which already hold the sidecar JSON).
     """
-    p = Path(path_or_id)
-    if p.exists():
-        if not p.is_dir():
-            raise ValueError(f"{p} is a file; expected {what} with model_index.json")
-        return p
-    s = str(path_or_id)
-    if s.count("/") != 1 or s.startswith((".", "/")):
-        raise FileNotFoundError(f"pipeline folder {s!r} does not exist")
-    from huggingface_hub import snapshot_download
+    return resolve_folder(path_or_id, [*HUB_PATTERNS, *extra_patterns], f"{what} with model_index.json")
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    try:
-        return Path(snapshot_download(s, allow_patterns=[*HUB_PATTERNS, *extra_patterns], local_files_only=offline))
-    except (OSError, ValueError) as e:  # not cached while offline, network errors, unknown repos, bad ids
-        why = "it is not in the local hub cache and HF_HUB_OFFLINE=1 forbids a download" if offline else str(e)
-        raise FileNotFoundError(f"{s!r} is not a local folder and could not be fetched from the hub: {why}") from e
+
+def public_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A component's config without the keys that say where it was loaded from (``_name_or_path``): two copies of
+    one pipeline at different paths have the same public config."""
+    return {k: v for k, v in cfg.items() if k not in ("_name_or_path", "name_or_path")}
+
+
+def component_signature(folder: str | os.PathLike, comp: str) -> tuple:
+    """What identifies a shared component (vae, text_encoder, tokenizer) without hashing gigabytes: its JSON files
+    without the load path, its other text files, and its weights' sizes. Copies of one pipeline at different paths
+    have the same signature; fine-tuned pipelines exported from them too."""
+    d = Path(folder) / comp
+    files: list[tuple[str, Any]] = []
+    for p in sorted(d.iterdir()) if d.is_dir() else []:
+        if p.suffix == ".json":
+            try:
+                value = _read_json(p)
+            except ValueError:
+                value = p.read_bytes()
+            files.append(
+                (p.name, json.dumps(public_config(value), sort_keys=True) if isinstance(value, dict) else value)
+            )
+        elif p.suffix == ".txt":
+            files.append((p.name, p.read_bytes()))
+        elif p.suffix == ".safetensors":
+            files.append((p.name, p.stat().st_size))
+    return tuple(files)
 
 
 def check_pipeline_dir(d: str | os.PathLike) -> dict[str, Any]:
@@ -298,7 +315,8 @@ def check_pipeline_dir(d: str | os.PathLike) -> dict[str, Any]:
         cfg_name = "scheduler_config.json" if name == "scheduler" else "config.json"
         if not (d / name / cfg_name).is_file():
             raise FileNotFoundError(f"{d} has no {name}/{cfg_name}")
-        out[name] = _read_json(d / name / cfg_name)
+        raw = _read_json(d / name / cfg_name)
+        out[name] = public_config(raw) if isinstance(raw, dict) else raw
     unet, vae, text = out["unet"], out["vae"], out["text_encoder"]
     if unet.get("addition_embed_type") is not None:
         raise ValueError(
@@ -315,13 +333,6 @@ def check_pipeline_dir(d: str | os.PathLike) -> dict[str, Any]:
             f"{text.get('hidden_size')}-d ones"
         )
     return out
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
 
 
 def vae_factor(vae_config: dict[str, Any]) -> int:
@@ -353,7 +364,24 @@ def read_captioned_folder(folder: str | os.PathLike) -> tuple[list[str], list[st
             '{"file_name": ..., "text": ...} per line'
         )
     files = [p.relative_to(root).as_posix() for p in images]
-    return files, [p.with_suffix(".txt").read_text(encoding="utf-8").strip() for p in images]
+    return files, [read_text_file(p.with_suffix(".txt")).strip() for p in images]
+
+
+def _not_utf8(path: Path, data: bytes, e: UnicodeDecodeError) -> ValueError:
+    line = data.count(b"\n", 0, e.start) + 1
+    return ValueError(
+        f"{path} line {line} is not UTF-8 text (byte 0x{data[e.start]:02x} at position {e.start}): save the file "
+        "as UTF-8"
+    )
+
+
+def read_text_file(path: Path) -> str:
+    """A caption file's text; a file that is not UTF-8 raises ValueError naming the file and the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, data, e) from e
 
 
 def _hidden(p: Path, root: Path) -> bool:
@@ -362,7 +390,12 @@ def _hidden(p: Path, root: Path) -> bool:
 
 def _read_metadata(root: Path, meta: Path) -> tuple[list[str], list[str]]:
     rows: dict[str, str] = {}
-    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+    data = meta.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(meta, data, e) from e
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -444,7 +477,8 @@ def build_cache(
     from diffusers import AutoencoderKL
     from transformers import AutoTokenizer, CLIPTextModel
 
-    vae = AutoencoderKL.from_pretrained(pipe_dir, subfolder="vae", use_safetensors=True).to(device).eval()
+    vae = AutoencoderKL.from_pretrained(pipe_dir, subfolder="vae", use_safetensors=True, low_cpu_mem_usage=False)
+    vae = vae.to(device).eval()
     text_encoder = CLIPTextModel.from_pretrained(pipe_dir, subfolder="text_encoder").to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(pipe_dir / "tokenizer")
     scale = float(vae.config.scaling_factor)
@@ -485,16 +519,7 @@ def build_cache(
     meta = {"version": CACHE_VERSION, "fingerprint": fingerprint, "files": files, "captions": distinct}
     meta.update({"resolution": resolution, "scaling_factor": scale, "shift_factor": shift})
     del vae, text_encoder
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"ambient_cache": json.dumps(meta)})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_file(path, lambda tmp: save_file(tensors, str(tmp), metadata={"ambient_cache": json.dumps(meta)}))
 
 
 def read_cache(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -510,19 +535,17 @@ def read_cache(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 # ---------------------------------------------------------------- fine-tuning
 
 
-class LatentFinetuner:
-    """One fine-tuning run: UNet, EMA, optimiser, cached latents and captions; ``run()`` trains to ``steps``."""
+class LatentTask(Task):
+    """The UNet of a text-to-image pipeline on cached latents and caption states (``TrainingLoop``'s latent task)."""
 
-    def __init__(self, config: FinetuneConfig):
-        config.validate()
-        self.cfg = config
-        self.world, self.rank, local = _dist_info()
-        if self.world > 1 and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-        self.bf16 = use_bf16(config.precision, self.device)
-        self.out = Path(config.out)
+    WEIGHTS = "unet.safetensors"
+    ALWAYS_EMA = False  # an EMA only where ``ema`` > 0
+    DECOUPLED = True  # AdamW, whatever the weight decay
+    desc = "finetune"
 
+    def __init__(self, loop: TrainingLoop):
+        config = self.cfg = loop.cfg
+        self.rank, self.world, self.device, self.out = loop.rank, loop.world, loop.device, loop.out
         self.pipe_dir = resolve_pipeline_dir(config.pretrained)
         self.configs = check_pipeline_dir(self.pipe_dir)
         self.data_root = Path(config.data)
@@ -537,7 +560,9 @@ class LatentFinetuner:
         from diffusers import DDPMScheduler, UNet2DConditionModel
 
         scheduler = DDPMScheduler.from_pretrained(self.pipe_dir, subfolder="scheduler")
-        unet = UNet2DConditionModel.from_pretrained(self.pipe_dir, subfolder="unet", use_safetensors=True)
+        unet = UNet2DConditionModel.from_pretrained(
+            self.pipe_dir, subfolder="unet", use_safetensors=True, low_cpu_mem_usage=False
+        )
         self.model = LatentDenoiser.from_scheduler(unet, scheduler).to(self.device)
         self.model.unet.train()
         if config.gradient_checkpointing:
@@ -548,23 +573,8 @@ class LatentFinetuner:
                 f"sigma_n {config.sigma_n:g} is outside the scheduler's sigma range "
                 f"({self.sigma_min:.4g}, {self.sigma_max:.4g}): no training step would fall on one side of it"
             )
-
         self._load_cache()
         self.latent_shape = tuple(self.latents.shape[1:])
-
-        self.ema = copy.deepcopy(self.model.unet).eval().requires_grad_(False) if config.ema else None
-        params = [p for p in self.model.unet.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(
-            params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay
-        )
-        self.ddp = None
-        if self.world > 1:
-            self.ddp = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        self.step = 0
-        self.history: list[dict[str, float]] = []
-        self._resume()
 
     # ---------------------------------------------------------------- cache
     def _load_cache(self) -> None:
@@ -596,56 +606,36 @@ class LatentFinetuner:
         self.text = tensors["text"]
         self.caption_index = tensors["caption_index"]
 
-    # ---------------------------------------------------------------- checkpoints
-    def _resume(self) -> None:
-        ck = self.out / CHECKPOINT
-        old = self.out / f".{CHECKPOINT}.old"
-        if self.rank == 0:  # half-written temporary folders of a killed run are never read: remove them
-            for tmp in self.out.glob(f".{CHECKPOINT}.tmp-*"):
-                shutil.rmtree(tmp, ignore_errors=True)
-        if not ck.is_dir() and old.is_dir():
-            ck = old  # killed between the two renames: the previous checkpoint is intact
-        if not (ck / "state.json").is_file():
-            return
-        state = json.loads((ck / "state.json").read_text())
-        saved = state["config"]
-        for k in RESUME_KEYS:
-            if saved.get(k) != json.loads(json.dumps(getattr(self.cfg, k))):
-                raise ValueError(f"{ck} was written with {k}={saved.get(k)!r}, this run has {getattr(self.cfg, k)!r}")
-        self.model.unet.load_state_dict(load_file(str(ck / "unet.safetensors")))
-        if self.ema is not None:
-            self.ema.load_state_dict(load_file(str(ck / "ema.safetensors")))
-        self.opt.load_state_dict(_unflatten_optimizer(load_file(str(ck / "optimizer.safetensors")), state["optimizer"]))
-        self.step = int(state["step"])
-        self.history = state.get("history", [])
+    # ---------------------------------------------------------------- the task
+    def core(self, model: nn.Module) -> nn.Module:
+        return model.unet
 
-    def save_checkpoint(self) -> None:
-        """Write UNet, EMA, optimiser and step atomically (temporary folder, then rename)."""
-        if self.rank != 0:
-            return
-        opt_t, opt_meta = _flatten_optimizer(self.opt)
-        unet_sd = {k: v.detach().contiguous().cpu() for k, v in self.model.unet.state_dict().items()}
-        ema_sd = None
-        if self.ema is not None:
-            ema_sd = {k: v.detach().contiguous().cpu() for k, v in self.ema.state_dict().items()}
-        state = {"step": self.step, "config": asdict(self.cfg), "optimizer": opt_meta, "history": self.history}
+    def _draws(self, g: torch.Generator, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = torch.randint(len(self.files), (b,), generator=g)
+        sigma = sample_sigmas(b, g, self.cfg.p_mean, self.cfg.p_std, sigma_lo=self.sigma_min, sigma_hi=self.sigma_max)
+        noise = torch.randn(b, *self.latent_shape, generator=g)
+        keep = torch.rand(b, generator=g) >= self.cfg.caption_dropout
+        return idx, sigma, noise, keep
 
-        def write(tmp: Path) -> None:
-            save_file(unet_sd, str(tmp / "unet.safetensors"))
-            if ema_sd is not None:
-                save_file(ema_sd, str(tmp / "ema.safetensors"))
-            save_file(opt_t, str(tmp / "optimizer.safetensors"))
-            (tmp / "state.json").write_text(json.dumps(state))
+    def draws(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This process's draws of a step: image indices, noise levels, noise, and which captions are kept."""
+        return self._draws(step_generator(self.cfg.seed, self.rank, step), max(1, self.cfg.batch // self.world))
 
-        try:
-            _atomic_write_dir(self.out / CHECKPOINT, write)
-        except OSError as e:
-            raise OSError(
-                e.errno, f"could not write a checkpoint at step {self.step} ({e}); the previous checkpoint is intact"
-            ) from e
+    def loss(self, net: Any, step: int, g: torch.Generator, b: int) -> torch.Tensor:
+        idx, sigma, noise, keep = self._draws(g, b)
+        dev = self.device
+        x0 = self.latents[idx].to(dev)
+        cond = self.text[torch.where(keep, self.caption_index[idx], 0)].to(dev)
+        c = self.cfg
+        if c.loss == "baseline":
+            return edm_loss(net, x0, sigma.to(dev), noise.to(dev), cond, c.sigma_data)
+        eta = fixed_noise(idx, self.latent_shape, c.seed).to(dev)  # image i's one noise field
+        return ambient_loss(net, x0, sigma.to(dev), c.sigma_n, eta, noise.to(dev), cond, c.sigma_data, c.high_weight)
 
-    def ambient_settings(self) -> dict[str, Any]:
-        """What ``ambient_latent.json`` records: the loss and its settings, the steps and the training set."""
+    # ---------------------------------------------------------------- export
+    def ambient_settings(self, step: int) -> dict[str, Any]:
+        """What the sidecar (``ambient_config.json``, type "latent") records: the loss and its settings, the steps
+        and the training set."""
         c = self.cfg
         return {
             "format_version": FORMAT_VERSION,
@@ -656,9 +646,9 @@ class LatentFinetuner:
             "sigma_data": c.sigma_data,
             "p_mean": c.p_mean,
             "p_std": c.p_std,
-            "steps": self.step,
+            "steps": step,
             "seed": c.seed,
-            "weights": "ema" if self.ema is not None else "raw",
+            "weights": "ema" if c.ema > 0 else "raw",
             "pretrained": c.pretrained,
             "prediction_type": self.model.prediction_type,
             "sigma_min": self.sigma_min,
@@ -673,110 +663,52 @@ class LatentFinetuner:
             "train_config": asdict(c),
         }
 
-    def export(self, path: Path | None = None) -> Path:
-        """Atomically save the pipeline with the fine-tuned UNet and ``ambient_latent.json`` (default ``out/model``)."""
-        path = Path(path or (self.out / MODEL))
-        if self.rank != 0:
-            return path
+    def export(self, model: nn.Module, step: int, path: Path) -> Path:
+        """Atomically save the pipeline with ``model``'s UNet and the sidecar JSON."""
         from diffusers import DiffusionPipeline
 
-        unet = self.ema if self.ema is not None else self.model.unet
-        pipe = DiffusionPipeline.from_pretrained(self.pipe_dir, unet=unet, use_safetensors=True)
-        settings = self.ambient_settings()
+        pipe = DiffusionPipeline.from_pretrained(
+            self.pipe_dir, unet=model.unet, use_safetensors=True, low_cpu_mem_usage=False
+        )
+        settings = self.ambient_settings(step)
 
         def write(tmp: Path) -> None:
             pipe.save_pretrained(tmp, safe_serialization=True)
+            _drop_load_paths(tmp)
             (tmp / AMBIENT_JSON).write_text(json.dumps(settings, indent=2) + "\n")
 
         try:
-            _atomic_write_dir(path, write)
+            atomic_write_dir(path, write)
         except OSError as e:
             raise OSError(
                 e.errno, f"could not save the pipeline to {path} ({e}); any folder already there is intact"
             ) from e
         return path
 
-    # ---------------------------------------------------------------- training
-    def draws(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """This process's draws of a step: image indices, noise levels, noise, and which captions are kept."""
-        g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + self.rank) * 10_000_019 + step)
-        b = max(1, self.cfg.batch // self.world)
-        idx = torch.randint(len(self.files), (b,), generator=g)
-        sigma = sample_sigmas(b, g, self.cfg.p_mean, self.cfg.p_std, sigma_lo=self.sigma_min, sigma_hi=self.sigma_max)
-        noise = torch.randn(b, *self.latent_shape, generator=g)
-        keep = torch.rand(b, generator=g) >= self.cfg.caption_dropout
-        return idx, sigma, noise, keep
 
-    def loss_at(self, step: int) -> torch.Tensor:
-        """The mean loss of a step's batch (with gradients), from that step's draws alone."""
-        idx, sigma, noise, keep = self.draws(step)
-        dev = self.device
-        x0 = self.latents[idx].to(dev)
-        cond = self.text[torch.where(keep, self.caption_index[idx], 0)].to(dev)
-        net = self.ddp if self.ddp is not None else self.model
-        c = self.cfg
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
-            if c.loss == "baseline":
-                loss = edm_loss(net, x0, sigma.to(dev), noise.to(dev), cond, c.sigma_data)
-            else:
-                eta = fixed_noise(idx, self.latent_shape, c.seed).to(dev)  # image i's one noise field
-                loss = ambient_loss(
-                    net, x0, sigma.to(dev), c.sigma_n, eta, noise.to(dev), cond, c.sigma_data, c.high_weight
-                )
-        return loss.mean()
+def _drop_load_paths(folder: Path) -> None:
+    """Remove ``_name_or_path`` (where each component was loaded from: a local path) from a saved pipeline's JSON
+    files, so that pipelines fine-tuned from copies of one base pipeline have the same configs, and no local path
+    is published with a pipeline."""
+    for p in [folder / "model_index.json", *sorted(folder.glob("*/*.json"))]:
+        try:
+            cfg = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(cfg, dict) and "_name_or_path" in cfg:
+            del cfg["_name_or_path"]
+            p.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
-    def train_step(self) -> float:
-        """One optimiser step; returns the loss."""
-        c = self.cfg
-        torch.manual_seed((c.seed * 1_000_003 + self.rank) * 10_000_019 + self.step + 0xD0)  # dropout, if any
-        lr = c.lr * min(1.0, (self.step + 1) / max(1, c.warmup))
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        loss = self.loss_at(self.step)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if c.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.unet.parameters(), c.max_grad_norm)
-        self.opt.step()
-        if self.ema is not None:
-            with torch.no_grad():
-                for pe, p in zip(self.ema.parameters(), self.model.unet.parameters(), strict=True):
-                    pe.lerp_(p.detach(), 1 - c.ema)
-        self.step += 1
-        return float(loss.detach())
 
-    def run(self) -> Path:
-        """Train up to ``steps`` (resuming where a checkpoint left off); export and return the pipeline folder."""
-        c = self.cfg
-        bar = None
-        if c.progress and self.rank == 0:
-            from tqdm import tqdm
+class LatentFinetuner(TrainingLoop):
+    """The loop with the latent task: ``LatentFinetuner(config).run()`` fine-tunes to ``steps`` and exports."""
 
-            bar = tqdm(total=c.steps, initial=self.step, desc=f"finetune {c.loss}", dynamic_ncols=True)
-        t0, n0, run_loss = time.perf_counter(), self.step, []
-        while self.step < c.steps:
-            loss = self.train_step()
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at step {self.step}; lower --lr")
-            run_loss.append(loss)
-            if self.step % c.log_every == 0 or self.step == c.steps:
-                ips = (self.step - n0) * c.batch / max(1e-9, time.perf_counter() - t0)
-                self.history.append({"step": self.step, "loss": sum(run_loss) / len(run_loss), "images_per_s": ips})
-                run_loss = []
-                if bar is not None:
-                    bar.set_postfix(loss=f"{self.history[-1]['loss']:.4f}", img_s=f"{ips:.1f}")
-                elif self.rank == 0:
-                    print(f"step {self.step}/{c.steps} loss {self.history[-1]['loss']:.4f} {ips:.1f} img/s", flush=True)
-            if bar is not None:
-                bar.update(1)
-            if self.step % c.checkpoint_every == 0 or self.step == c.steps:
-                self.save_checkpoint()
-        if bar is not None:
-            bar.close()
-        path = self.export()
-        if self.world > 1:
-            torch.distributed.barrier()
-        return path
+    def __init__(self, config: FinetuneConfig):
+        super().__init__(config, LatentTask)
+
+    def ambient_settings(self) -> dict[str, Any]:
+        """What the exported sidecar records after the steps run so far."""
+        return self.task.ambient_settings(self.step)
 
 
 def finetune(config: FinetuneConfig) -> Path:
@@ -789,10 +721,17 @@ def finetune(config: FinetuneConfig) -> Path:
 
 
 def read_ambient_settings(folder: str | os.PathLike) -> dict[str, Any]:
-    """The ``ambient_latent.json`` of an exported pipeline folder."""
-    path = Path(folder) / AMBIENT_JSON
+    """The latent record of an exported pipeline folder: its ``ambient_config.json`` (type "latent"), or the
+    ``ambient_latent.json`` of pipelines exported before the sidecar was one file."""
+    folder = Path(folder)
+    path = folder / AMBIENT_JSON
     if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no {AMBIENT_JSON}: not a pipeline exported by `ambient finetune`")
+        path = folder / LEGACY_JSON
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no {AMBIENT_JSON} (nor the older {LEGACY_JSON}): not a pipeline exported by "
+            "`ambient finetune`"
+        )
     cfg = _read_json(path)
     if not isinstance(cfg, dict) or cfg.get("type") != "latent":
         raise ValueError(f"{path} is not an Ambient latent fine-tuning record")

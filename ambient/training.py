@@ -1,76 +1,181 @@
-"""Training loop: baseline or Ambient loss, Adam + warm-up + EMA, bf16 autocast, atomic resumable checkpoints.
+"""The one training loop: baseline or Ambient loss, Adam(W) + warm-up + learning-rate decay + EMA, bf16 autocast,
+atomic resumable checkpoints; and the pixel task it trains (``python -m ambient train``).
 
-Runs unchanged on one process or under ``torchrun --nproc_per_node K`` (gloo on CPU, nccl on GPUs).
-Every step's randomness is derived from (seed, rank, step) alone, so a killed run resumes exactly.
+The loop (``TrainingLoop``) owns what every run shares: distributed setup (runs unchanged on one process or under
+``torchrun --nproc_per_node K``, gloo on CPU, nccl on GPUs), the per-step generators (every draw of a step is a
+function of (seed, rank, step) alone, so a killed run resumes exactly), the optimiser, warm-up and the learning-rate
+schedule, the EMA, autocast, the loss call, one resume rule, atomic checkpoints, progress and logging. A task
+supplies the model, the batches (its loss of a step's draws) and the export: ``PixelTask`` here (the project's
+small EDM UNet on pixels), ``ambient.latent.LatentTask`` (the UNet of a diffusers text-to-image pipeline on
+latents). ``Trainer`` and ``ambient.latent.LatentFinetuner`` are the loop with each task.
+
+The resume rule: a run whose ``out`` holds a checkpoint continues from it, and refuses, naming it, any changed
+setting that matters (those in the config class's ``RESUME_KEYS``); a setting added after a checkpoint was written
+counts as that setting's default, which is what the older code used. Settings that only say how long, how often or
+how shown (steps, checkpoint_every, snapshot_every, log_every, progress, precision, compile) may change; under a
+cosine decay a longer ``steps`` stretches the rest of the schedule from where the run is.
+
+Config fields carry their help text (``field(metadata={"help": ...})``): the command line is built from them.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from ambient.data import SYNONYMS, TEMPLATES, ImageDataset, balanced_subset, load_dataset, upsample_pixels
-from ambient.denoiser import SIGMA_MAX, _atomic_write_dir, build_unet
+from ambient.denoiser import SIGMA_MAX, build_unet
+from ambient.io import atomic_write_dir
 from ambient.losses import ambient_loss, edm_loss, fixed_noise, sample_sigmas
 
 CHECKPOINT = "checkpoint"
+STATE = "state.json"
+EMA_WEIGHTS = "ema.safetensors"
+OPTIMIZER_WEIGHTS = "optimizer.safetensors"
+
+
+def option(default: Any, help: str, **extra: Any) -> Any:
+    """A config field with its help text (``metadata["help"]``); list defaults become a factory. ``extra`` goes
+    into the metadata too (``required=True``: a command-line option without a default; ``none=(...)``: words
+    that mean None)."""
+    meta = {"help": help, **extra}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def help_texts(cls: type) -> dict[str, str]:
+    """Every field's help text of a config dataclass."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def check_loss_settings(cfg: Any) -> None:
+    """The checks every config shares: loss and sigma_n, schedule, EMA, precision, counts."""
+    if cfg.loss not in ("baseline", "ambient"):
+        raise ValueError(f"loss must be 'baseline' or 'ambient', not {cfg.loss!r}")
+    if cfg.loss == "ambient" and not cfg.sigma_n > 0:
+        raise ValueError(f"the ambient loss needs --sigma-n > 0, got {cfg.sigma_n}")
+    if cfg.loss == "baseline" and cfg.sigma_n:
+        raise ValueError(
+            f"--sigma-n {cfg.sigma_n} is the noise level of the Ambient loss's noisy copies; the baseline loss does "
+            "not use it: leave --sigma-n at 0, or use --loss ambient"
+        )
+    if cfg.high_weight not in ("edm", "ambient4"):
+        raise ValueError(f"high_weight must be 'edm' or 'ambient4', not {cfg.high_weight!r}")
+    if cfg.lr_decay not in ("none", "cosine"):
+        raise ValueError(f"lr_decay must be 'none' or 'cosine', not {cfg.lr_decay!r}")
+    if cfg.precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, not {cfg.precision!r}")
+    if not 0 <= cfg.caption_dropout <= 1:
+        raise ValueError(f"caption_dropout must be in [0, 1], not {cfg.caption_dropout}")
+    if not 0 <= cfg.ema < 1:
+        raise ValueError(f"ema must be in [0, 1), not {cfg.ema}")
+    if not (cfg.lr > 0 and cfg.p_std > 0):
+        raise ValueError("lr and p_std must be positive")
+    if cfg.weight_decay < 0 or cfg.max_grad_norm < 0 or cfg.warmup < 0 or cfg.snapshot_every < 0:
+        raise ValueError("weight_decay, max_grad_norm, warmup and snapshot_every must be >= 0")
+    for name in ("steps", "batch", "checkpoint_every", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be at least 1")
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run depends on; written into every checkpoint and exported model."""
+    """Everything a pixel run depends on; written into every checkpoint and exported model."""
 
-    out: str = "runs/model"
-    data: str = "fashion-mnist"
-    n: int = 100
-    subset_seed: int = 0
-    image_size: int = 32
-    upsample: int = 1  # train at image_size * upsample, each pixel repeated (scored back at image_size)
-    patch: int = 1  # the network's space-to-depth stem: patch x patch pixels are one input position
-    loss: str = "baseline"  # baseline | ambient
-    sigma_n: float = 0.0
-    regime: str = "all"  # all | high (only sigma >= sigma_n: a high-noise-only Ambient network)
-    steps: int = 1000
-    batch: int = 64
-    lr: float = 2e-4
-    warmup: int = 200
-    lr_decay: str = "none"  # none | cosine (from the peak after warm-up down to 0 at `steps`)
-    ema: float = 0.999
-    seed: int = 0
-    text_model: str | None = "all-MiniLM-L6-v2"
-    caption_dropout: float = 0.1
-    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
-    layers_per_block: int = 1
-    time_scale_shift: str = "default"  # default | scale_shift (FiLM after the norm: the embedding survives GroupNorm)
-    dropout: float = 0.0
-    weight_decay: float = 0.0  # decoupled (AdamW); 0 = plain Adam
-    p_mean: float = -1.2  # ln(sigma) ~ Normal(p_mean, p_std) for training noise levels
-    p_std: float = 1.2
-    high_weight: str = "edm"  # edm | ambient4: extra sigma^4 / (sigma^2 - sigma_n^2)^2 above sigma_n (clamped)
-    compile: bool = False  # torch.compile the network (pays off on GPUs and long CPU runs)
-    precision: str = "auto"  # auto | bf16 | fp32
-    checkpoint_every: int = 250
-    snapshot_every: int = 0
-    log_every: int = 50
-    progress: bool = True
+    out: str = option(
+        "runs/model", "run folder: checkpoint/ (to resume), model/ (the exported EMA model) and snapshots/ go here"
+    )
+    data: str = option(
+        "fashion-mnist", "training data: 'fashion-mnist', 'fashion-mnist:FOLDER', a .npz file or an image folder"
+    )
+    n: int = option(100, "number of training images (a class-balanced subset of the data)")
+    subset_seed: int = option(0, "seed of the choice of that subset")
+    image_size: int = option(32, "image side in pixels (Fashion-MNIST's 28 are padded to it)")
+    upsample: int = option(
+        1,
+        "train at image_size times this, each pixel repeated (a finer noise grid, the same content); samples are averaged back to image_size for scoring",
+    )
+    patch: int = option(
+        1,
+        "side of the network's space-to-depth stem: each patch x patch block of pixels is one input position, so a step at 64 x 64 with patch 2 costs about what one at 32 x 32 costs",
+    )
+    loss: str = option(
+        "baseline", "'baseline' (EDM) or 'ambient' (above sigma_n only fixed noisy copies of the data are seen)"
+    )
+    sigma_n: float = option(
+        0.0, "noise level of the fixed noisy copies; the ambient loss needs it > 0, the baseline loss takes none"
+    )
+    regime: str = option(
+        "all",
+        "'all' (one network for every sigma) or 'high' (only sigma >= sigma_n: a high-noise-only Ambient network)",
+    )
+    steps: int = option(1000, "optimiser steps in all; a resumed run continues up to this")
+    batch: int = option(64, "images per step (split across processes under torchrun)")
+    lr: float = option(2e-4, "peak learning rate")
+    warmup: int = option(200, "steps of linear learning-rate warm-up")
+    lr_decay: str = option("none", "learning rate after warm-up: 'none' (constant) or 'cosine' (down to 0 at --steps)")
+    ema: float = option(
+        0.999, "decay of the exponential moving average of the weights (the exported model is the average)"
+    )
+    seed: int = option(0, "seed of the initial weights, batches, noise levels and each training image's fixed noise")
+    text_model: str | None = option(
+        "all-MiniLM-L6-v2",
+        "sentence encoder of the class captions, or 'none' for an unconditional model",
+        none=("none", "", "None"),
+    )
+    caption_dropout: float = option(
+        0.1, "probability that a training image's caption is dropped (for classifier-free guidance)"
+    )
+    block_out_channels: list[int] = option([32, 64, 64], "channels of the UNet's resolution levels, finest first")
+    layers_per_block: int = option(1, "ResNet layers per UNet block")
+    time_scale_shift: str = option(
+        "default", "'default' (the noise/text embedding is added) or 'scale_shift' (FiLM after GroupNorm)"
+    )
+    dropout: float = option(0.0, "dropout in the UNet's ResNet blocks, in [0, 1)")
+    weight_decay: float = option(0.0, "decoupled weight decay (AdamW); 0 is plain Adam")
+    max_grad_norm: float = option(0.0, "clip the gradient norm to this (0: no clipping)")
+    p_mean: float = option(-1.2, "mean of ln(sigma) of the training noise levels: ln(sigma) ~ Normal(p_mean, p_std)")
+    p_std: float = option(1.2, "standard deviation of ln(sigma) of the training noise levels")
+    high_weight: str = option(
+        "edm",
+        "loss weight above sigma_n: 'edm' (EDM's) or 'ambient4' (EDM's times sigma^4 / (sigma^2 - sigma_n^2)^2, at most 100)",
+    )
+    compile: bool = option(False, "torch.compile the network (pays off on GPUs and long CPU runs)")
+    precision: str = option("auto", "'auto' (bf16 where the device has it natively), 'bf16' or 'fp32'")
+    checkpoint_every: int = option(250, "write a resumable checkpoint every this many steps (and at the end)")
+    snapshot_every: int = option(0, "also export the model to snapshots/step_NNNNNN every this many steps (0: never)")
+    log_every: int = option(50, "log the mean loss and images/s every this many steps")
+    progress: bool = option(True, "show a progress bar (--no-progress: a log line every --log-every steps)")
+
+    # settings a resumed run must share with its checkpoint (the others say how long, how often, how shown)
+    RESUME_KEYS: ClassVar[tuple[str, ...]] = (
+        "data", "n", "subset_seed", "image_size", "upsample", "patch", "loss", "sigma_n", "regime", "batch", "lr",
+        "warmup", "lr_decay", "ema", "seed", "text_model", "caption_dropout", "block_out_channels", "layers_per_block",
+        "time_scale_shift", "dropout", "weight_decay", "max_grad_norm", "p_mean", "p_std", "high_weight",
+    )  # fmt: skip
 
     def validate(self) -> None:
         """Raise ValueError on inconsistent settings."""
-        if self.loss not in ("baseline", "ambient"):
-            raise ValueError(f"loss must be 'baseline' or 'ambient', not {self.loss!r}")
-        if self.loss == "ambient" and not self.sigma_n > 0:
-            raise ValueError("the ambient loss needs --sigma-n > 0")
+        check_loss_settings(self)
         if self.regime not in ("all", "high"):
             raise ValueError(f"regime must be 'all' or 'high', not {self.regime!r}")
         if self.regime == "high" and (self.loss != "ambient" or not 0 < self.sigma_n < SIGMA_MAX):
@@ -79,8 +184,6 @@ class TrainConfig:
             )
         if self.time_scale_shift not in ("default", "scale_shift"):
             raise ValueError(f"time_scale_shift must be 'default' or 'scale_shift', not {self.time_scale_shift!r}")
-        if self.high_weight not in ("edm", "ambient4"):
-            raise ValueError(f"high_weight must be 'edm' or 'ambient4', not {self.high_weight!r}")
         if not isinstance(self.upsample, int) or self.upsample < 1:
             raise ValueError(f"upsample must be a positive integer, not {self.upsample!r}")
         if not isinstance(self.patch, int) or self.patch < 1 or (self.image_size * self.upsample) % self.patch:
@@ -90,15 +193,8 @@ class TrainConfig:
             )
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
-        if self.weight_decay < 0 or self.p_std <= 0:
-            raise ValueError("weight_decay must be >= 0 and p_std > 0")
-        if self.lr_decay not in ("none", "cosine"):
-            raise ValueError(f"lr_decay must be 'none' or 'cosine', not {self.lr_decay!r}")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
-        for name in ("steps", "batch", "n", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+        if self.n < 1:
+            raise ValueError("n must be at least 1")
 
 
 def cpu_has_bf16() -> bool:
@@ -119,13 +215,23 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
 
 
-def learning_rate(cfg: TrainConfig, step: int) -> float:
+def learning_rate(cfg: Any, step: int) -> float:
     """The learning rate of a step: linear warm-up to ``cfg.lr``, then constant or a cosine down to 0 at ``steps``."""
     lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
     if cfg.lr_decay == "cosine" and step >= cfg.warmup:
         t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
         lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
     return lr
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of every draw of one step on one process."""
+    return (seed * 1_000_003 + rank) * 10_000_019 + step
+
+
+def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """A CPU generator seeded for one step on one process (batches, noise levels, noise, caption dropout)."""
+    return torch.Generator().manual_seed(step_seed(seed, rank, step))
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -161,20 +267,244 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-class Trainer:
-    """Holds model, EMA, optimiser and data of one run; ``run()`` trains to ``config.steps``."""
+def _plain(v: Any) -> Any:
+    return json.loads(json.dumps(v))  # tuples as lists, as a checkpoint's JSON has them
 
-    def __init__(self, config: TrainConfig, dataset: ImageDataset | None = None, text_encoder: Any = None):
+
+def resume_conflict(saved: dict[str, Any], cfg: Any) -> tuple[str, Any, Any] | None:
+    """The first setting that matters on which a run differs from the config its checkpoint was written with, as
+    (name, checkpoint's value, this run's value); None when it may resume. A setting missing from the checkpoint
+    (added later) counts as its default; sigma_n counts only for the ambient loss."""
+    defaults = {f.name: _plain(field_default(f)) for f in dataclasses.fields(cfg)}
+    for k in type(cfg).RESUME_KEYS:
+        old, new = saved.get(k, defaults[k]), _plain(getattr(cfg, k))
+        if k == "sigma_n" and saved.get("loss", defaults["loss"]) == "baseline" and cfg.loss == "baseline":
+            continue
+        if old != new:
+            return k, old, getattr(cfg, k)
+    return None
+
+
+class Task:
+    """What a training task supplies to the loop. Set in ``__init__`` (which gets the loop, for its device, rank
+    and world): ``model`` (the denoiser ``D(x, sigma, cond)`` that trains) and ``desc`` (the progress bar's name).
+    Class attributes: ``WEIGHTS`` (the checkpoint's file of the raw weights), ``ALWAYS_EMA`` (keep an EMA even
+    at ``ema`` 0), ``DECOUPLED`` (AdamW even at weight decay 0)."""
+
+    WEIGHTS: ClassVar[str] = "model.safetensors"
+    ALWAYS_EMA: ClassVar[bool] = False
+    DECOUPLED: ClassVar[bool] = False
+    model: nn.Module
+    desc: str = "train"
+
+    def core(self, model: nn.Module) -> nn.Module:
+        """The part of ``model`` (or of its EMA copy) whose weights a checkpoint holds."""
+        raise NotImplementedError
+
+    def loss(self, net: Callable[..., torch.Tensor], step: int, g: torch.Generator, b: int) -> torch.Tensor:
+        """The per-element loss of ``b`` examples drawn from ``g`` (this process's generator of ``step``)."""
+        raise NotImplementedError
+
+    def export(self, model: nn.Module, step: int, path: Path) -> Path:
+        """Write ``model`` (the EMA where there is one) after ``step`` steps to ``path`` (called on rank 0)."""
+        raise NotImplementedError
+
+
+class TrainingLoop:
+    """One run of a task: optimiser, EMA, checkpoints; ``run()`` trains to ``config.steps`` and exports.
+
+    Attributes the task does not have are looked up on the task (``trainer.images``, ``finetuner.latents``)."""
+
+    def __init__(self, config: Any, make_task: Callable[[TrainingLoop], Task]):
         config.validate()
         self.cfg = config
         self.world, self.rank, local = _dist_info()
         if self.world > 1 and not torch.distributed.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            torch.distributed.init_process_group(backend)
+            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
         self.bf16 = use_bf16(config.precision, self.device)
         self.out = Path(config.out)
+        self.task = make_task(self)
+        self.model = self.task.model
+        keep_ema = self.task.ALWAYS_EMA or config.ema > 0
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if keep_ema else None
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if config.weight_decay or self.task.DECOUPLED:
+            self.opt: torch.optim.Optimizer = torch.optim.AdamW(
+                params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay
+            )
+        else:
+            self.opt = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+        self.forward = torch.compile(self.model) if getattr(config, "compile", False) else self.model
+        self.ddp = None
+        if self.world > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.resumed_from: int | None = None
+        self._resume()
 
+    def __getattr__(self, name: str) -> Any:
+        task = self.__dict__.get("task")
+        if task is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(task, name)
+
+    @property
+    def per_rank_batch(self) -> int:
+        return max(1, self.cfg.batch // self.world)
+
+    def _log(self, text: str) -> None:
+        if self.rank == 0:
+            print(text, flush=True)
+
+    # ---------------------------------------------------------------- checkpoints
+    def _resume(self) -> None:
+        ck = self.out / CHECKPOINT
+        old = self.out / f".{CHECKPOINT}.old"
+        if self.rank == 0:  # half-written temporary folders of a killed run are never read: remove them
+            for tmp in self.out.glob(f".{CHECKPOINT}.tmp-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+        if not ck.is_dir() and old.is_dir():
+            ck = old  # killed between the two renames: the previous checkpoint is intact
+        if not (ck / STATE).is_file():
+            return
+        state = json.loads((ck / STATE).read_text())
+        conflict = resume_conflict(state["config"], self.cfg)
+        if conflict is not None:
+            k, was, now = conflict
+            raise ValueError(
+                f"{ck} was written with {k}={was!r}, this run has {now!r}: resume with the same setting, or use "
+                "another --out"
+            )
+        self.task.core(self.model).load_state_dict(load_file(str(ck / self.task.WEIGHTS)))
+        if self.ema is not None:
+            self.task.core(self.ema).load_state_dict(load_file(str(ck / EMA_WEIGHTS)))
+        self.opt.load_state_dict(_unflatten_optimizer(load_file(str(ck / OPTIMIZER_WEIGHTS)), state["optimizer"]))
+        self.step = self.resumed_from = int(state["step"])
+        self.history = state.get("history", [])
+        self._log(f"resuming from step {self.step} of {ck}")
+
+    def save_checkpoint(self) -> None:
+        """Write weights, EMA, optimiser and step atomically (temporary folder, then rename)."""
+        if self.rank != 0:
+            return
+        opt_t, opt_meta = _flatten_optimizer(self.opt)
+
+        def tensors(m: nn.Module) -> dict[str, torch.Tensor]:
+            return {k: v.detach().contiguous().cpu() for k, v in self.task.core(m).state_dict().items()}
+
+        weights = tensors(self.model)
+        ema = tensors(self.ema) if self.ema is not None else None
+        state = {"step": self.step, "config": asdict(self.cfg), "optimizer": opt_meta, "history": self.history}
+
+        def write(tmp: Path) -> None:
+            save_file(weights, str(tmp / self.task.WEIGHTS))
+            if ema is not None:
+                save_file(ema, str(tmp / EMA_WEIGHTS))
+            save_file(opt_t, str(tmp / OPTIMIZER_WEIGHTS))
+            (tmp / STATE).write_text(json.dumps(state))
+
+        try:
+            atomic_write_dir(self.out / CHECKPOINT, write)
+        except OSError as e:
+            raise OSError(
+                e.errno, f"could not write a checkpoint at step {self.step} ({e}); the previous checkpoint is intact"
+            ) from e
+
+    def export(self, path: Path | None = None) -> Path:
+        """Export the EMA model (the raw one where there is no EMA) with the task's writer (default ``out/model``)."""
+        path = Path(path or (self.out / "model"))
+        if self.rank == 0:
+            self.task.export(self.ema if self.ema is not None else self.model, self.step, path)
+        return path
+
+    # ---------------------------------------------------------------- training
+    def loss_at(self, step: int) -> torch.Tensor:
+        """The mean loss of a step's batch (with gradients), from that step's draws alone."""
+        net = self.ddp if self.ddp is not None else self.forward
+        g = step_generator(self.cfg.seed, self.rank, step)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = self.task.loss(net, step, g, self.per_rank_batch)
+        return loss.mean()
+
+    def train_step(self) -> float:
+        """One optimiser step; returns the loss."""
+        c = self.cfg
+        torch.manual_seed(step_seed(c.seed, self.rank, self.step) + 0xD0)  # dropout masks, if any
+        lr = learning_rate(c, self.step)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        loss = self.loss_at(self.step)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if c.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
+        self.opt.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for pe, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+                    pe.lerp_(p.detach(), 1 - c.ema)
+        self.step += 1
+        return float(loss.detach())
+
+    def run(self) -> Path:
+        """Train up to ``config.steps`` (resuming where a checkpoint left off); export and return the export's path."""
+        c = self.cfg
+        bar = None
+        if c.progress and self.rank == 0:
+            from tqdm import tqdm
+
+            bar = tqdm(total=c.steps, initial=self.step, desc=f"{self.task.desc} {c.loss}", dynamic_ncols=True)
+        t0, n0, run_loss = time.perf_counter(), self.step, []
+        while self.step < c.steps:
+            loss = self.train_step()
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at step {self.step}; lower --lr")
+            run_loss.append(loss)
+            if self.step % c.log_every == 0 or self.step == c.steps:
+                ips = (self.step - n0) * c.batch / max(1e-9, time.perf_counter() - t0)
+                self.history.append({"step": self.step, "loss": sum(run_loss) / len(run_loss), "images_per_s": ips})
+                run_loss = []
+                if bar is not None:
+                    bar.set_postfix(loss=f"{self.history[-1]['loss']:.4f}", img_s=f"{ips:.1f}")
+                else:
+                    self._log(f"step {self.step}/{c.steps} loss {self.history[-1]['loss']:.4f} {ips:.1f} img/s")
+            if bar is not None:
+                bar.update(1)
+            if c.snapshot_every and self.step % c.snapshot_every == 0:
+                self.export(self.out / "snapshots" / f"step_{self.step:06d}")
+            if self.step % c.checkpoint_every == 0 or self.step == c.steps:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        path = self.export()
+        if self.world > 1:
+            torch.distributed.barrier()
+        return path
+
+    def close(self) -> None:
+        """Leave the process group (under torchrun)."""
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+# ---------------------------------------------------------------- the pixel task
+
+
+class PixelTask(Task):
+    """The project's small EDM UNet on a (sub)set of images, conditioned on class captions."""
+
+    WEIGHTS = "model.safetensors"
+    ALWAYS_EMA = True  # the exported model is always the average (at ema 0, a copy)
+    DECOUPLED = False  # Adam, AdamW only with weight decay
+    desc = "train"
+
+    def __init__(self, loop: TrainingLoop, dataset: ImageDataset | None = None, text_encoder: Any = None):
+        config = self.cfg = loop.cfg
+        self.rank, self.world, self.device = loop.rank, loop.world, loop.device
         full = dataset if dataset is not None else load_dataset(config.data, "train", config.image_size)
         self.data = balanced_subset(full, config.n, config.subset_seed) if config.n < len(full) else full
         # upsample > 1: the same content on a finer grid, so a fixed noise field carries upsample^2 times the numbers
@@ -220,94 +550,12 @@ class Trainer:
             config.dropout,
             config.patch,
         ).to(self.device)
-        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        if config.weight_decay:
-            self.opt: torch.optim.Optimizer = torch.optim.AdamW(
-                self.model.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay
-            )
-        else:
-            self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
-        self.forward = torch.compile(self.model) if config.compile else self.model
-        self.ddp = None
-        if self.world > 1:
-            self.ddp = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        self.step = 0
-        self.history: list[dict[str, float]] = []
-        self._resume()
 
-    # ---------------------------------------------------------------- checkpoints
-    def _resume(self) -> None:
-        ck = self.out / CHECKPOINT
-        old = self.out / f".{CHECKPOINT}.old"
-        if self.rank == 0:  # half-written temporary folders of a killed run are never read: remove them
-            for tmp in self.out.glob(f".{CHECKPOINT}.tmp-*"):
-                shutil.rmtree(tmp, ignore_errors=True)
-        if not ck.is_dir() and old.is_dir():
-            ck = old  # killed between the two renames: the previous checkpoint is intact
-        if not (ck / "state.json").is_file():
-            return
-        state = json.loads((ck / "state.json").read_text())
-        saved = state["config"]
-        keys = ("loss", "sigma_n", "regime", "n", "subset_seed", "seed", "batch", "block_out_channels")
-        later = (
-            "time_scale_shift",
-            "dropout",
-            "weight_decay",
-            "p_mean",
-            "p_std",
-            "high_weight",
-            "upsample",
-            "patch",
-            "lr_decay",
-        )
-        defaults = TrainConfig()
-        for k in (*keys, "layers_per_block", "text_model", "data", "image_size", *later):
-            # settings added after a checkpoint was written default to what that checkpoint used
-            old = saved.get(k, json.loads(json.dumps(getattr(defaults, k))))
-            if old != json.loads(json.dumps(getattr(self.cfg, k))):
-                raise ValueError(f"{ck} was written with {k}={old!r}, this run has {getattr(self.cfg, k)!r}")
-        self.model.net.load_state_dict(load_file(str(ck / "model.safetensors")))
-        self.ema.net.load_state_dict(load_file(str(ck / "ema.safetensors")))
-        self.opt.load_state_dict(_unflatten_optimizer(load_file(str(ck / "optimizer.safetensors")), state["optimizer"]))
-        self.step = int(state["step"])
-        self.history = state.get("history", [])
+    def core(self, model: nn.Module) -> nn.Module:
+        return model.net
 
-    def save_checkpoint(self) -> None:
-        """Write model, EMA, optimiser and step atomically (temporary folder, then rename)."""
-        if self.rank != 0:
-            return
-        opt_t, opt_meta = _flatten_optimizer(self.opt)
-        model_sd = {k: v.detach().contiguous().cpu() for k, v in self.model.net.state_dict().items()}
-        ema_sd = {k: v.detach().contiguous().cpu() for k, v in self.ema.net.state_dict().items()}
-        state = {"step": self.step, "config": asdict(self.cfg), "optimizer": opt_meta, "history": self.history}
-
-        def write(tmp: Path) -> None:
-            save_file(model_sd, str(tmp / "model.safetensors"))
-            save_file(ema_sd, str(tmp / "ema.safetensors"))
-            save_file(opt_t, str(tmp / "optimizer.safetensors"))
-            (tmp / "state.json").write_text(json.dumps(state))
-
-        try:
-            _atomic_write_dir(self.out / CHECKPOINT, write)
-        except OSError as e:
-            raise OSError(
-                e.errno, f"could not write a checkpoint at step {self.step} ({e}); the previous checkpoint is intact"
-            ) from e
-
-    def export(self, path: Path | None = None) -> Path:
-        """Save the EMA model with ``save_pretrained`` (default: ``out/model``)."""
-        path = path or (self.out / "model")
-        if self.rank == 0:
-            self.ema.meta["steps"] = self.step
-            self.ema.save_pretrained(path)
-        return path
-
-    # ---------------------------------------------------------------- training
-    def _batch(self, step: int) -> tuple[torch.Tensor, ...]:
-        g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + self.rank) * 10_000_019 + step)
-        b = max(1, self.cfg.batch // self.world)
+    def draws(self, g: torch.Generator, b: int) -> tuple[torch.Tensor, ...]:
+        """Image indices, noise levels, noise and conditions of ``b`` examples from ``g``."""
         idx = torch.randint(len(self.images), (b,), generator=g)
         lo = self.cfg.sigma_n if self.cfg.regime == "high" else None
         hi = SIGMA_MAX if self.cfg.regime == "high" else None
@@ -321,69 +569,29 @@ class Trainer:
         dev = self.device
         return idx.to(dev), sigma.to(dev), noise.to(dev), cond
 
-    def train_step(self) -> float:
-        """One optimiser step; returns the loss."""
-        idx, sigma, noise, cond = self._batch(self.step)
+    def _batch(self, step: int) -> tuple[torch.Tensor, ...]:
+        """This process's draws of a step."""
+        return self.draws(step_generator(self.cfg.seed, self.rank, step), max(1, self.cfg.batch // self.world))
+
+    def loss(self, net: Callable[..., torch.Tensor], step: int, g: torch.Generator, b: int) -> torch.Tensor:
+        idx, sigma, noise, cond = self.draws(g, b)
         x0 = self.images[idx]
-        net = self.ddp if self.ddp is not None else self.forward
-        if self.cfg.dropout:  # dropout masks from (seed, rank, step) alone, so a resumed run is exact
-            torch.manual_seed((self.cfg.seed * 1_000_003 + self.rank) * 10_000_019 + self.step + 0xD0)
-        lr = learning_rate(self.cfg, self.step)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            if self.cfg.loss == "baseline":
-                loss = edm_loss(net, x0, sigma, noise, cond)
-            else:
-                loss = ambient_loss(
-                    net, x0, sigma, self.cfg.sigma_n, self.eta[idx], noise, cond, high_weight=self.cfg.high_weight
-                )
-        loss = loss.mean()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        with torch.no_grad():
-            d = self.cfg.ema
-            for pe, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
-                pe.lerp_(p.detach(), 1 - d)
-        self.step += 1
-        return float(loss.detach())
+        if self.cfg.loss == "baseline":
+            return edm_loss(net, x0, sigma, noise, cond)
+        c = self.cfg
+        return ambient_loss(net, x0, sigma, c.sigma_n, self.eta[idx], noise, cond, high_weight=c.high_weight)
 
-    def run(self) -> Path:
-        """Train up to ``config.steps`` (resuming where a checkpoint left off); export and return the model path."""
-        cfg = self.cfg
-        bar = None
-        if cfg.progress and self.rank == 0:
-            from tqdm import tqdm
-
-            bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.loss}", dynamic_ncols=True)
-        t0, n0, run_loss = time.perf_counter(), self.step, []
-        while self.step < cfg.steps:
-            loss = self.train_step()
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at step {self.step}; lower --lr")
-            run_loss.append(loss)
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                ips = (self.step - n0) * cfg.batch / max(1e-9, time.perf_counter() - t0)
-                self.history.append({"step": self.step, "loss": sum(run_loss) / len(run_loss), "images_per_s": ips})
-                run_loss = []
-                if bar is not None:
-                    bar.set_postfix(loss=f"{self.history[-1]['loss']:.4f}", img_s=f"{ips:.0f}")
-                elif self.rank == 0:
-                    h = self.history[-1]
-                    print(f"step {self.step}/{cfg.steps} loss {h['loss']:.4f} {ips:.0f} img/s", flush=True)
-            if bar is not None:
-                bar.update(1)
-            if cfg.snapshot_every and self.step % cfg.snapshot_every == 0:
-                self.export(self.out / "snapshots" / f"step_{self.step:06d}")
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                self.save_checkpoint()
-        if bar is not None:
-            bar.close()
-        path = self.export()
-        if self.world > 1:
-            torch.distributed.barrier()
+    def export(self, model: nn.Module, step: int, path: Path) -> Path:
+        model.meta["steps"] = step
+        model.save_pretrained(path)
         return path
+
+
+class Trainer(TrainingLoop):
+    """The loop with the pixel task: ``Trainer(config, dataset, text_encoder).run()``."""
+
+    def __init__(self, config: TrainConfig, dataset: ImageDataset | None = None, text_encoder: Any = None):
+        super().__init__(config, lambda loop: PixelTask(loop, dataset, text_encoder))
 
 
 def train(config: TrainConfig, dataset: ImageDataset | None = None, text_encoder: Any = None) -> Path:
@@ -393,5 +601,4 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None, text_encoder
     try:
         return trainer.run()
     finally:
-        if trainer.world > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        trainer.close()

@@ -33,6 +33,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 import ambient.denoiser
+import ambient.io
 import ambient.training
 from ambient.data import ImageDataset, from_uint8, load_npz
 from ambient.denoiser import EDMDenoiser, build_unet
@@ -281,7 +282,7 @@ def test_save_pretrained_that_fails_keeps_the_previous_model_folder(tmp_path, mo
         def read_only(*args, **kwargs):
             raise OSError(errno.EROFS, "Read-only file system", str(tmp_path))
 
-        monkeypatch.setattr(ambient.denoiser.tempfile, "mkdtemp", read_only)
+        monkeypatch.setattr(ambient.io.tempfile, "mkdtemp", read_only)
         code = errno.EROFS
     else:
         real = os.replace

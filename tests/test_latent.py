@@ -28,7 +28,6 @@ from ambient.latent import (
     AMBIENT_JSON,
     CACHE_NAME,
     CHECKPOINT,
-    FINETUNE_HELP,
     FinetuneConfig,
     LatentDenoiser,
     LatentFinetuner,
@@ -40,6 +39,7 @@ from ambient.latent import (
     read_captioned_folder,
 )
 from ambient.losses import edm_loss, fixed_noise, loss_weight
+from ambient.training import help_texts
 from tests.helpers import CAPTIONS, make_tiny_pipeline, write_images, write_sd15_configs
 
 torch.set_num_threads(1)
@@ -390,13 +390,14 @@ def test_full_size_stable_diffusion_structure_is_accepted(tmp_path):
 
 
 def test_every_finetune_option_has_a_help_text(capsys):
-    assert set(FINETUNE_HELP) == {f.name for f in fields(FinetuneConfig)}
+    helps = help_texts(FinetuneConfig)  # each field carries its help text
+    assert all(helps[f.name] for f in fields(FinetuneConfig))
     with pytest.raises(SystemExit):
         cli_main(["finetune", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for f in fields(FinetuneConfig):
         assert "--" + f.name.replace("_", "-") in text
-        assert " ".join(FINETUNE_HELP[f.name].split()) in text
+        assert " ".join(helps[f.name].split()) in text
     assert "(default: 0.0)" in text and asdict(FinetuneConfig())["sigma_data"] == 1.0
 
 

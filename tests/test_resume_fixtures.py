@@ -45,6 +45,7 @@ def test_an_old_pixel_checkpoint_resumes_bit_for_bit(tmp_path, case, capsys):
     kw = fx.PIXEL_CASES[case]
     enc = fx.FakeEncoder() if kw["text_model"] else None
     train(TrainConfig(out=str(run), steps=fx.END, **kw), fx.toy_dataset(), enc)
+    assert f"resuming from step {fx.STOP} of {run / 'checkpoint'}" in capsys.readouterr().out
     check_continuation(run, expected)
 
 
@@ -54,4 +55,5 @@ def test_an_old_latent_checkpoint_resumes_bit_for_bit(tmp_path, monkeypatch, cap
     shutil.copytree(DATA / "latent_ambient_ema" / "checkpoint", tmp_path / "run" / "checkpoint")
     monkeypatch.chdir(tmp_path)  # the checkpoint names its pipeline and images relative to the run's folder
     finetune(FinetuneConfig(out="run", steps=fx.END, **fx.LATENT_CASE))
+    assert f"resuming from step {fx.STOP} of run/checkpoint" in capsys.readouterr().out
     check_continuation(tmp_path / "run", expected)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
 
+from ambient.io import atomic_write_bytes
 from ambient.memorization.embedders import (
     CHECKPOINT_ERRORS,
     IMAGENET_MEAN,
@@ -67,20 +66,6 @@ INDEX_NAME = "index.faiss"
 META_NAME = "meta.json"
 INDEX_FORMAT = "ambient-training-set-index"
 _FAISS_TYPES = {"flat": faiss.IndexFlatIP, "ivf": faiss.IndexIVFFlat}
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # clean up the temporary file whatever happened, then re-raise
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _normalise_rows(emb: np.ndarray) -> np.ndarray:
@@ -342,8 +327,8 @@ class TrainingSetIndex:
             "index_sha256": hashlib.sha256(data).hexdigest(),
             "ids": self.ids,
         }
-        _atomic_write_bytes(folder / INDEX_NAME, data)
-        _atomic_write_bytes(folder / META_NAME, (json.dumps(meta) + "\n").encode())
+        atomic_write_bytes(folder / INDEX_NAME, data)
+        atomic_write_bytes(folder / META_NAME, (json.dumps(meta) + "\n").encode())
 
     @classmethod
     def load(cls, folder: str | Path, images: torch.Tensor | None, verify: bool = True) -> TrainingSetIndex:

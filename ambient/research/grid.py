@@ -103,9 +103,10 @@ def train_command(cfg: TrainConfig) -> list[str]:
 
 
 def _finished(cfg: TrainConfig) -> bool:
-    model = Path(cfg.out) / "model"
-    found = [f for f in (model / "ambient_config.json", model / "config.json") if f.is_file()]  # or the older layout
-    return bool(found) and json.loads(found[0].read_text()).get("meta", {}).get("steps") == cfg.steps
+    from ambient.denoiser import is_model_dir, read_model_config
+
+    model = Path(cfg.out) / "model"  # the sidecar, or the older layout's config.json
+    return is_model_dir(model) and read_model_config(model).get("meta", {}).get("steps") == cfg.steps
 
 
 def _checkpoint_step(cfg: TrainConfig) -> int:
