@@ -43,10 +43,10 @@ def H(tmp_path_factory):
     cfg = json.loads((root / "pairs.json").read_text())
     cfg["pairs"][0]["summary"] = "Measured on 8 samples a side: the baseline copies 100 %."
     (root / "pairs.json").write_text(json.dumps(cfg))
-    handlers = Handlers(PairRegistry.from_path(root / "pairs.json"))
-    p = handlers.pair("tiny")
+    tiny_h = Handlers(PairRegistry.from_path(root / "pairs.json"))
+    p = tiny_h.pair("tiny")
     p.baseline = Memorizer(p.train.images)  # a baseline that certainly copies
-    return handlers
+    return tiny_h
 
 
 # ---------------------------------------------------------------- the first screen
@@ -198,3 +198,21 @@ def test_generate_keeps_the_tensor_free_result_for_the_state(H):
     s = res.baseline[0]
     assert s.image.dtype.name == "uint8" and not isinstance(s.image, torch.Tensor)
     assert 0 <= float(s.verdict.ratio) < 1 / 3
+
+
+# ---------------------------------------------------------------- latent pairs: decoded images
+
+from tests.test_latent_pair import handlers, lat  # noqa: E402, F401  (fixtures: a tiny latent pair)
+
+
+def test_a_latent_pairs_decoded_sample_opens_against_its_nearest_training_image(handlers):  # noqa: F811
+    from demo.ui import compare_view
+
+    res = handlers.generate("latent", "a red cat", 7, 2, 3)
+    p = handlers.pair("latent")
+    for side, samples in (("ambient", res.ambient), ("baseline", res.baseline)):
+        (left, right), diff, md = compare_view(handlers, res, side, 1)
+        assert left.size == right.size == diff.size and "d1 =" in md and "d2 =" in md
+        assert left.size[1] >= p.train.images.shape[-1]  # at least the training images' size, never smaller
+        ratio = float(md.split("d1/d2 = ")[1].split(" ")[0])
+        assert ratio == pytest.approx(float(samples[1].verdict.ratio), abs=0.05)  # the gallery's ratio test
