@@ -174,12 +174,36 @@ def test_from_pretrained_errors(tmp_path):
     EDMDenoiser.from_pretrained(good)  # the untouched copy still loads
 
 
-def test_hub_ids_refused_offline(monkeypatch):
+def test_hub_ids_refused_offline(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):
         resolve_model_dir("some-user/some-model")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         resolve_model_dir("not/a/hub/id")
+
+
+@pytest.mark.parametrize("flag", ["1", "true", "on"])
+def test_offline_hub_ids_load_from_the_local_cache(monkeypatch, tmp_path, flag):
+    """One offline rule for model folders and pipelines (ambient.io): 1/true/yes/on, and the cache is used."""
+    from huggingface_hub import constants
+
+    m = tiny(cond_dim=3, seed=4)
+    commit = "1" * 40
+    repo = tmp_path / "cache" / "models--some-user--edm-model"
+    m.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", flag)
+    for name in ("some-user/edm-model", "hub:some-user/edm-model"):
+        assert resolve_model_dir(name).resolve() == (repo / "snapshots" / commit).resolve()
+        loaded = EDMDenoiser.from_pretrained(name)
+        x = torch.randn(2, 1, 8, 8)
+        with torch.no_grad():
+            assert torch.equal(loaded(x, 0.7, torch.ones(2, 3)), m(x, 0.7, torch.ones(2, 3)))
 
 
 def test_text_conditioning():
