@@ -216,3 +216,27 @@ def test_a_latent_pairs_decoded_sample_opens_against_its_nearest_training_image(
         assert left.size[1] >= p.train.images.shape[-1]  # at least the training images' size, never smaller
         ratio = float(md.split("d1/d2 = ")[1].split(" ")[0])
         assert ratio == pytest.approx(float(samples[1].verdict.ratio), abs=0.05)  # the gallery's ratio test
+
+
+def test_similarity_script_scores_each_sample_and_held_out_images_alike(H):
+    """scripts/similarity.py through the app's handler: per-sample ratio and cosine, held-out images beside them,
+    and the novel samples' Frechet distance (none for a baseline that copies everything)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "similarity", Path(__file__).resolve().parents[1] / "scripts" / "similarity.py"
+    )
+    sim_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sim_mod)
+    try:
+        out = sim_mod.measure(H, "tiny", 8, 100)
+    except FileNotFoundError as e:  # the held-out images are Fashion-MNIST's test split
+        pytest.skip(str(e))
+    for key in ("ambient", "baseline", "held_out"):
+        assert len(out[key]["ratio"]) == len(out[key]["cosine"]) == 8
+    base = out["baseline"]
+    assert all(r < 1 / 3 for r in base["ratio"]) and base["rate_ratio"] == 1.0  # the memorizer copies
+    assert base["novel_n"] == 0 and base["novel_frechet_distance"] is None
+    assert out["ambient"]["novel_n"] == sum(r >= 1 / 3 for r in out["ambient"]["ratio"])
+    assert json.loads(json.dumps(out)) == out  # plain JSON
+    assert len(similarity_figure(out).data) == 6  # two histograms for each side and for the held-out images
