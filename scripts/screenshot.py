@@ -19,7 +19,6 @@ import argparse
 import io
 import os
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +177,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=("app", "frontier"), default=None, help="make one picture only")
     ap.add_argument("--images", type=int, default=8, help="images per model in the app screenshot")
     a = ap.parse_args(argv)
-    sys.path.insert(0, str(ROOT))  # demo/ is not installed: it lives beside the scripts
     made = []
     if a.only in (None, "frontier"):
         made.append(frontier_png(a.config, a.out / "frontier.png"))

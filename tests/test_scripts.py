@@ -80,7 +80,12 @@ def test_fidelity_probe_splits_fidelity_over_copies_and_the_rest(tiny, tmp_path)
 
 
 # Scripts and benchmarks that time or measure the app itself (its Handlers): the only ones that may import demo.
-APP_MEASUREMENTS = {"benchmarks/bench_request.py", "benchmarks/bench_flops.py", "scripts/similarity.py"}
+APP_MEASUREMENTS = {
+    "benchmarks/bench_request.py",
+    "benchmarks/bench_flops.py",
+    "scripts/similarity.py",
+    "scripts/screenshot.py",  # pictures of the running app
+}
 
 
 def _imports_and_path_edits(path: Path) -> tuple[set[str], list[int]]:
