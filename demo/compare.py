@@ -160,9 +160,9 @@ def caption_markdown(c: Comparison, title: str = "") -> str:
     if c.ratio != c.ratio:
         verdict = "no verdict: the training set has one image, so there is no second distance"
     elif c.is_copy:
-        verdict = f"**COPY**: d1/d2 = {c.ratio:.3f} < {third}"
+        verdict = f"**COPY** by the ratio test: d1/d2 = {c.ratio:.3f} < {third}"
     else:
-        verdict = f"**novel**: d1/d2 = {c.ratio:.3f} >= {third}"
+        verdict = f"**novel** by the ratio test: d1/d2 = {c.ratio:.3f} >= {third}"
     second = f"training image #{c.second_id}" if c.second_id is not None else "none"
     head = f"**{escape(title)}** against training image **#{c.nearest_id}**: " if title else ""
     return (

@@ -930,7 +930,16 @@ def compare_view(H: Handlers, res: h.GenerateResult | None, side: str, i: Any) -
     c = cmp.compare(s.image, train, list(p.train.ids), searched=searched, ratio_threshold=threshold)
     who = "Ambient" if side == "ambient" else "Baseline"
     title = f"{who} image {i + 1} (seed {s.seed})"
-    return (c.sample, c.nearest), c.difference, cmp.caption_markdown(c, title)
+    md = cmp.caption_markdown(c, title)
+    v = s.verdict
+    if getattr(v, "primary", "ratio") != "ratio":  # the gallery's mark is the cosine test: say so beside the ratio
+        near = v.neighbours[0].id if v.neighbours else "?"
+        md += (
+            f"\n\nThis pair marks copies by cosine similarity (> {res.threshold:g}): its nearest by that measure, "
+            f"training image #{near}, has cosine {float(v.similarity):.3f}, so the gallery says "
+            f"**{'COPY' if v.is_copy else 'novel'}**."
+        )
+    return (c.sample, c.nearest), c.difference, md
 
 
 def _wire_compare(H: Handlers, top: _Header, tab: _GenerateTab) -> None:

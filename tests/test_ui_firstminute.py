@@ -85,6 +85,8 @@ def test_a_copy_opens_against_the_training_image_it_copies(H):
     assert left.size == right.size == diff.size and left.size[0] >= 4 * p.data_shape[-1]  # shown large
     v = res.baseline[1].verdict
     assert "COPY" in md and f"#{v.neighbours[0].id}" in md  # the same training image the gallery names
+    if v.primary != "ratio":  # the tiny pair marks by cosine: the view says which test the gallery's mark is
+        assert "marks copies by cosine similarity" in md and "the gallery says **COPY**" in md
     c = cmp.compare(res.baseline[1].image, p.train.images.numpy(), list(p.train.ids))
     assert c.ratio == pytest.approx(float(v.ratio), abs=0.02)  # the view's d1/d2 is the gallery's ratio test
     _, _, md_a = compare_view(H, res, "ambient", 0)
