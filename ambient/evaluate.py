@@ -192,14 +192,16 @@ def plot_sweep(
     sigma_n: float | None = None,
     reference: dict[str, Any] | None = None,
     title: str = "",
+    sigma_max: float = SIGMA_MAX,
 ) -> Path:
-    """Memorization rate and Frechet distance against sigma_c, as a PNG."""
+    """Memorization rate and Frechet distance against sigma_c, as a PNG (the baseline-alone row just past
+    ``sigma_max``, the top of the pair's range)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sc = sweep_positions(rows)
+    sc = sweep_positions(rows, sigma_max)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for key, style in (("0.95", "-o"), ("0.9", "--o")):
         if all(key in r.get("rate_similarity", {}) for r in rows):
@@ -387,5 +389,5 @@ def evaluate_loaded(
     report = {**rows, "sweep": sweep, "settings": settings}
     write_json(report, out / "report.json")
     write_json({"sweep": sweep, "reference": ref_row, **settings}, out / "sweep.json")
-    plot_sweep(sweep, out / "sweep.png", sigma_n, ref_row or None)
+    plot_sweep(sweep, out / "sweep.png", sigma_n, ref_row or None, sigma_max=pair.sigma_max)
     return report

@@ -79,6 +79,7 @@ FULL_SIZE = 512
 FULL_SIZE_TRAJECTORY_POINTS = 3
 FULL_SIZE_STEPS = 8
 DEFAULT_STEPS = 18
+ENCODE_BATCH = 64  # prompts per text-encoder call (a study encodes a thousand)
 DECODE_BATCH = 2  # images per VAE decode: the decoder's full-resolution maps dominate its memory
 IVF_ABOVE = 100_000  # training images above which the index is IVF instead of exact
 SHARED = ("vae", "text_encoder", "tokenizer")  # the components both pipelines must have in common
@@ -305,16 +306,23 @@ class ClipPrompts:
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> torch.Tensor:
-        """The token states (B, L, D) of the prompts (the empty prompt included: it has its own states)."""
+        """The token states (B, L, D) of the prompts (the empty prompt included: it has its own states), encoded
+        ``ENCODE_BATCH`` at a time."""
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("no prompts to encode")
+        out = []
         with self._lock:
-            ids = self.tokenizer(
-                list(prompts),
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
-            return self.text_encoder(ids.to(self.device))[0].float()
+            for i in range(0, len(prompts), ENCODE_BATCH):
+                ids = self.tokenizer(
+                    prompts[i : i + ENCODE_BATCH],
+                    padding="max_length",
+                    max_length=self.tokenizer.model_max_length,
+                    truncation=True,
+                    return_tensors="pt",
+                ).input_ids
+                out.append(self.text_encoder(ids.to(self.device))[0].float())
+        return torch.cat(out)
 
     def cond(self, prompt: str, n: int) -> torch.Tensor:
         """The conditioning of ``n`` images of one prompt."""
