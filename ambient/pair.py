@@ -24,6 +24,7 @@ says what is wrong and how to fix it.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -36,7 +37,10 @@ import torch
 from torch import nn
 
 from ambient.cutoff import Cutoff
-from ambient.sampling import autocast, karras_sigmas, sample
+from ambient.sampling import SAMPLERS, CFGDenoiser, autocast, initial_noise, karras_sigmas, sample
+from ambient.trajectory import DEFAULT_CACHE, Trajectory, first_step_below, hand_over, record, truncate
+
+_PAIR_TOKENS = itertools.count()
 
 INDEX_FIX = (
     "Rebuild it from the training images: TrainingSetIndex(images, ids).save(folder) "
@@ -204,8 +208,12 @@ class Pair:
     sweep_plot: Path | None = None
     frontier: dict[str, Any] | None = None
     frontier_plot: Path | None = None
+    trajectory_cache: Any = None  # ambient.trajectory.TrajectoryCache (default: the process's shared one)
 
     def __post_init__(self) -> None:
+        if self.trajectory_cache is None:
+            self.trajectory_cache = DEFAULT_CACHE
+        self._token = next(_PAIR_TOKENS)  # this object's own key in the shared cache (ids of freed objects recur)
         if self.prompts is None:
             self.prompts = PixelPrompts(self.text_model, self.cond_dim)
         if self.codec is None:
@@ -349,6 +357,29 @@ class Pair:
                 clamp=self.codec.clamp,
             )
 
+    def _guided(self, model: Any, guidance: float) -> Any:
+        """A side's denoiser with classifier-free guidance applied (as ``sample`` applies it)."""
+        return CFGDenoiser(model, guidance, self.prompts.uncond()) if guidance != 1.0 else model
+
+    def trajectory(
+        self, side: str, seeds: Sequence[int], prompt: str, steps: int, guidance: float, sampler: str, bf16: bool
+    ) -> Trajectory:
+        """One model's run alone from these seeds, every state and estimate kept (cached: a later request with the
+        same seeds, prompt, steps, guidance and sampler reuses it)."""
+        model = self.ambient if side == "ambient" else self.baseline
+        cond = self.prompts.cond(prompt, len(seeds))
+        g = float(guidance) if cond is not None and prompt else 1.0
+        key = (self._token, side, tuple(int(s) for s in seeds), prompt, steps, g, sampler, bool(bf16))
+
+        def make() -> Trajectory:
+            sigmas = karras_sigmas(steps, self.sigma_min, self.sigma_max).to(self.device)
+            x = initial_noise(seeds, self.image_shape, float(sigmas[0])).to(self.device)
+            c = None if cond is None else cond.to(self.device)
+            with autocast(self.device, bf16 and self.kind == "pixels"):
+                return record(self._guided(model, g), x, sigmas, c, sampler)
+
+        return self.trajectory_cache.get(key, make)
+
     def side_by_side(
         self,
         seeds: Sequence[int],
@@ -359,36 +390,71 @@ class Pair:
         on_step: Callable[[str, dict[str, Any]], None] | None = None,
         trajectory_points: int | None = None,
         bf16: bool = False,
+        sampler: str = "heun",
     ) -> SideBySide:
         """Both sides from the same seeds, as shown, with the estimate x0_hat at the recorded steps of each
-        (``on_step(side, {"i", "total", "sigma", "denoised"})`` hears each one as it comes)."""
+        (``on_step(side, {"i", "total", "sigma", "denoised"})`` hears each one as it comes).
+
+        Each model's run alone is recorded once (``trajectory``): the baseline's is its side, and the Ambient
+        side restarts from the Ambient run's state at the first step that reaches below the cutoff, so moving the
+        cutoff runs only the steps below it. The images are those of a fresh ``sample`` run, to the bit.
+        """
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         if not seeds:
             raise ValueError("need at least one seed")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, not {sampler!r}")
         cutoff.check(None, None, self.sigma_min, self.sigma_max)
         t0 = time.perf_counter()
-        # an empty prompt is the unconditional input itself: nothing to guide
         cond = self.prompts.cond(prompt, len(seeds))
-        g = float(guidance) if prompt else 1.0
+        c = None if cond is None else cond.to(self.device)
+        g = float(guidance) if cond is not None and prompt else 1.0  # the empty prompt is the unconditional input
         records: dict[str, list[tuple[float, torch.Tensor]]] = {"ambient": [], "baseline": []}
         totals = {"ambient": self.steps_of(steps, cutoff), "baseline": steps}
+        keep = {side: set(self.record_steps(totals[side], trajectory_points)) for side in totals}
+
+        def note(side: str, i: int, sigma: float, denoised: torch.Tensor) -> None:
+            if i not in keep[side]:
+                return
+            d = self.codec.to_index(self.codec.decode(denoised))
+            records[side].append((sigma, d))
+            if on_step is not None:
+                on_step(side, {"i": i, "total": totals[side], "sigma": sigma, "denoised": d})
+
         out = {}
-        for side in ("ambient", "baseline"):
-            keep = set(self.record_steps(totals[side], trajectory_points))
+        base = self.trajectory("baseline", seeds, prompt, steps, g, sampler, bf16)
+        amb = (
+            self.trajectory("ambient", seeds, prompt, steps, g, sampler, bf16) if not cutoff.is_baseline_alone else None
+        )
+        # the Ambient side: the recorded steps above the cutoff, then the rest run now
+        if amb is None:
+            start, x = 0, None
+        elif cutoff.mode == "truncate" and cutoff.sigma_c > 0:
+            start = max(0, totals["ambient"] - 1)
+        else:
+            start = first_step_below(amb.sigmas, cutoff.sigma_c, sampler)
+        for i in range(min(start, len(amb.denoised) if amb is not None else 0)):
+            note("ambient", i, float(amb.sigmas[i]), amb.denoised[i])
 
-            def cb(info: dict[str, Any], side: str = side, keep: set[int] = keep) -> None:
-                if int(info["i"]) not in keep:
-                    return
-                d = self.codec.to_index(self.codec.decode(info["denoised"]))
-                records[side].append((float(info["sigma"]), d))
-                if on_step is not None:
-                    on_step(
-                        side, {"i": int(info["i"]), "total": totals[side], "sigma": float(info["sigma"]), "denoised": d}
-                    )
+        def rest(info: dict[str, Any]) -> None:
+            note("ambient", start + int(info["i"]), float(info["sigma"]), info["denoised"])
 
-            x = self.sample(seeds, cond, steps, cutoff, g, side, cb, bf16)
-            out[side] = self.codec.decode(x.float() if self.kind == "pixels" else x)
+        A, B = self._guided(self.ambient, g), self._guided(self.baseline, g)
+        with autocast(self.device, bf16 and self.kind == "pixels"):
+            if amb is None:
+                for i, d in enumerate(base.denoised):
+                    note("ambient", i, float(base.sigmas[i]), d)
+                x = base.output
+            elif cutoff.mode == "truncate" and cutoff.sigma_c > 0:
+                x = truncate(amb, A, cutoff.sigma_c, c, rest)
+            else:
+                x = hand_over(amb, A, B, cutoff.sigma_c, c, rest)
+        for i, d in enumerate(base.denoised):
+            note("baseline", i, float(base.sigmas[i]), d)
+        for side, y in (("ambient", x), ("baseline", base.output)):
+            y = y.clamp(-1, 1) if self.codec.clamp else y
+            out[side] = self.codec.decode(y.float() if self.kind == "pixels" else y)
         return SideBySide(out["ambient"], out["baseline"], records, time.perf_counter() - t0)
 
     def trajectories(

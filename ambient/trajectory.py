@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ambient.cutoff import Cutoff, HandOverDenoiser
-from ambient.sampling import SAMPLERS
+from ambient.sampling import SAMPLERS, Callback
 
 Denoiser = Callable[..., torch.Tensor]
 
@@ -77,22 +77,32 @@ def first_step_below(sigmas: torch.Tensor, sigma_c: float, sampler: str) -> int:
 
 
 def _resume(
-    traj: Trajectory, model: Denoiser, start: int, sigmas: torch.Tensor, cond: torch.Tensor | None
+    traj: Trajectory,
+    model: Denoiser,
+    start: int,
+    sigmas: torch.Tensor,
+    cond: torch.Tensor | None,
+    callback: Callback | None = None,
 ) -> torch.Tensor:
     """Run the trajectory's sampler over ``sigmas`` (which begin at traj.sigmas[start]) from the recorded state."""
     fn = SAMPLERS[traj.sampler]
     if traj.sampler == "dpmpp_2m" and start > 0:  # the multistep solver carries the previous step's estimate
-        return fn(
-            model, traj.states[start], sigmas, cond, None, history=(traj.sigmas[start - 1], traj.denoised[start - 1])
-        )
-    return fn(model, traj.states[start], sigmas, cond)
+        history = (traj.sigmas[start - 1], traj.denoised[start - 1])
+        return fn(model, traj.states[start], sigmas, cond, callback, history=history)
+    return fn(model, traj.states[start], sigmas, cond, callback)
 
 
 def hand_over(
-    traj: Trajectory, ambient: Denoiser, baseline: Denoiser | None, sigma_c: float, cond: torch.Tensor | None = None
+    traj: Trajectory,
+    ambient: Denoiser,
+    baseline: Denoiser | None,
+    sigma_c: float,
+    cond: torch.Tensor | None = None,
+    callback: Callback | None = None,
 ) -> torch.Tensor:
     """The hand-over at ``sigma_c`` from the Ambient model's recorded trajectory: only the steps that reach below
-    sigma_c are run (``ambient`` above it, ``baseline`` below). Unclamped, like ``traj.output``."""
+    sigma_c are run (``ambient`` above it, ``baseline`` below). Unclamped, like ``traj.output``. ``callback`` hears
+    the steps run, numbered from the first of them."""
     cutoff = Cutoff(sigma_c, "handover")
     cutoff.check(sigma_max=float(traj.sigmas[0]))
     start = first_step_below(traj.sigmas, cutoff.sigma_c, traj.sampler)
@@ -101,17 +111,24 @@ def hand_over(
     if baseline is None:
         raise ValueError(f"a hand-over at sigma_c = {cutoff.sigma_c:g} needs a baseline model")
     model = baseline if start == 0 and cutoff.is_baseline_alone else HandOverDenoiser(ambient, baseline, cutoff.sigma_c)
-    return _resume(traj, model, start, traj.sigmas[start:], cond)
+    return _resume(traj, model, start, traj.sigmas[start:], cond, callback)
 
 
-def truncate(traj: Trajectory, ambient: Denoiser, sigma_c: float, cond: torch.Tensor | None = None) -> torch.Tensor:
-    """The Ambient run stopped at ``sigma_c`` and its estimate D(x, sigma_c) there, from the recorded trajectory."""
+def truncate(
+    traj: Trajectory,
+    ambient: Denoiser,
+    sigma_c: float,
+    cond: torch.Tensor | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """The Ambient run stopped at ``sigma_c`` and its estimate D(x, sigma_c) there, from the recorded trajectory
+    (``callback`` hears the one or two steps run)."""
     cutoff = Cutoff(sigma_c, "truncate")
     if cutoff.sigma_c == 0.0:
         return traj.output
     sig = cutoff.schedule(traj.sigmas)  # every sigma above sigma_c, then sigma_c
     start = len(sig) - 2  # the last step (into sigma_c) is the first that differs from the full run
-    x = _resume(traj, ambient, start, sig[start:], cond)
+    x = _resume(traj, ambient, start, sig[start:], cond, callback)
     return ambient(x, sig[-1], cond)
 
 
@@ -159,3 +176,6 @@ class TrajectoryCache:
         with self._lock:
             self._items.clear()
             self._bytes = 0
+
+
+DEFAULT_CACHE = TrajectoryCache(128 << 20)  # the process's trajectories: at most 128 MiB, shared by every pair

@@ -97,3 +97,64 @@ def test_cache_keeps_recent_trajectories_within_its_byte_budget():
     with pytest.raises(ValueError):
         TrajectoryCache(max_bytes=-1)
     assert Cutoff(0.0).is_ambient_alone
+
+
+def test_pair_side_by_side_reuses_the_recorded_runs_and_matches_fresh_sampling(tmp_path):
+    from ambient.pair import load_pair
+    from ambient.tiny import make_tiny_pair
+    from ambient.trajectory import TrajectoryCache
+
+    make_tiny_pair(tmp_path)
+    folder = tmp_path / "tiny"
+    pair = load_pair(folder / "ambient", folder / "baseline", folder / "train.npz", folder / "index")
+    pair.trajectory_cache = TrajectoryCache()
+    seeds, steps = [11, 12], 6
+    cond = pair.prompts.cond("", len(seeds))
+    for sampler in ("heun", "dpmpp_2m"):
+        pair.trajectory_cache.clear()
+        hits, misses = pair.trajectory_cache.hits, pair.trajectory_cache.misses
+        for sc in (0.0, 0.4, 2.0, 9.0, math.inf):
+            cut = Cutoff(sc)
+            r = pair.side_by_side(seeds, "", steps, cut, trajectory_points=None, sampler=sampler)
+            fresh_a = sample(
+                pair.ambient,
+                pair.baseline,
+                seeds,
+                pair.image_shape,
+                cond,
+                steps,
+                cut,
+                sampler=sampler,
+                sigma_min=pair.sigma_min,
+                sigma_max=pair.sigma_max,
+            )
+            fresh_b = sample(
+                pair.baseline,
+                None,
+                seeds,
+                pair.image_shape,
+                cond,
+                steps,
+                0.0,
+                sampler=sampler,
+                sigma_min=pair.sigma_min,
+                sigma_max=pair.sigma_max,
+            )
+            assert torch.equal(r.ambient, pair.codec.decode(fresh_a)), (sampler, sc)
+            assert torch.equal(r.baseline, pair.codec.decode(fresh_b)), (sampler, sc)
+            assert len(r.records["ambient"]) == len(r.records["baseline"]) == steps  # every step's estimate
+        # two recorded runs (one a side) served all five cutoffs (the baseline alone needs no Ambient run)
+        assert pair.trajectory_cache.misses - misses == 2 and pair.trajectory_cache.hits - hits == 5 + 4 - 2
+    t = pair.side_by_side(seeds, "", steps, Cutoff(0.5, "truncate"))
+    fresh_t = sample(
+        pair.ambient,
+        None,
+        seeds,
+        pair.image_shape,
+        cond,
+        steps,
+        Cutoff(0.5, "truncate"),
+        sigma_min=pair.sigma_min,
+        sigma_max=pair.sigma_max,
+    )
+    assert torch.equal(t.ambient, pair.codec.decode(fresh_t))
