@@ -42,7 +42,7 @@ Neighbours
 Memory
     ``estimate_memory`` counts the parameters of every component from its config (on the meta device: no weights
     are read) and adds rough activation terms; loading refuses a pair that would not fit the free memory, and a
-    pair that asks for a GPU (``needs_gpu``) refuses a CPU, each with what to do (``PairProblem``).
+    pair that asks for a GPU (``needs_gpu``) refuses a CPU, each with what to do (``PairError``).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ from ambient.latent import (
     resolve_pipeline_dir,
     vae_factor,
 )
-from ambient.pair import Pair, PairProblem
+from ambient.pair import Pair, PairError, PairProblem  # noqa: F401  (PairProblem: the older name of PairError)
 
 DEFAULT_EMBEDDER = "efficientnet-lite0"
 DEFAULT_INDEX_SIZE = 128
@@ -155,7 +155,7 @@ def _component_signature(folder: Path, comp: str) -> tuple:
 
 
 def cross_check(ambient: dict[str, Any], baseline: dict[str, Any], dirs: tuple[Path, Path]) -> list[str]:
-    """Raise ``PairProblem`` when two checked folders cannot be paired; return warnings for what is merely odd."""
+    """Raise ``PairError`` when two checked folders cannot be paired; return warnings for what is merely odd."""
     sa, sb = ambient["settings"], baseline["settings"]
     warnings = []
     if sa.get("loss") != "ambient":
@@ -164,28 +164,26 @@ def cross_check(ambient: dict[str, Any], baseline: dict[str, Any], dirs: tuple[P
         warnings.append(f"the baseline side was fine-tuned with the {sb.get('loss')!r} loss, not 'baseline'.")
     for key, what in (("resolution", "resolutions"), ("latent_shape", "latent shapes")):
         if sa.get(key) != sb.get(key):
-            raise PairProblem(
+            raise PairError(
                 f"the two pipelines were fine-tuned at different {what}: ambient {sa.get(key)}, baseline "
                 f"{sb.get(key)}.",
                 "Fine-tune both at the same --resolution.",
             )
     if sa.get("train_files") != sb.get("train_files"):
-        raise PairProblem(
+        raise PairError(
             "the two pipelines were fine-tuned on different training images (their ambient_latent.json list "
             "other train_files).",
             "Fine-tune both on the same --data folder: the comparison needs the same training set.",
         )
     for comp in SHARED:
         if _component_signature(dirs[0], comp) != _component_signature(dirs[1], comp):
-            raise PairProblem(
+            raise PairError(
                 f"the two pipelines have different {comp} components; a latent pair shares one VAE, text encoder "
                 "and tokenizer.",
                 "Fine-tune both from the same --pretrained pipeline (fine-tuning changes only the UNet).",
             )
     if ambient["configs"]["unet"] != baseline["configs"]["unet"]:
-        raise PairProblem(
-            "the two UNets have different configs.", "Fine-tune both from the same --pretrained pipeline."
-        )
+        raise PairError("the two UNets have different configs.", "Fine-tune both from the same --pretrained pipeline.")
     return warnings
 
 
@@ -423,25 +421,25 @@ def load_training_images(folder: str | os.PathLike, files: Sequence[str], size: 
 
     root = Path(folder)
     if not root.is_dir():
-        raise PairProblem(
+        raise PairError(
             f"the training image folder {root} does not exist.",
             'Set "train_data" to the image folder the pair was fine-tuned on (ambient_latent.json names it as "data").',
         )
     if not files:
-        raise PairProblem(f"ambient_latent.json lists no training files for {root}.", "Fine-tune the pair again.")
+        raise PairError(f"ambient_latent.json lists no training files for {root}.", "Fine-tune the pair again.")
     missing = [f for f in files if not (root / f).is_file()]
     if missing:
-        raise PairProblem(
+        raise PairError(
             f"{len(missing)} of the {len(files)} training images are not in {root}, e.g. {missing[:3]}.",
             'Set "train_data" to the folder the pair was fine-tuned on: the neighbours need every training image.',
         )
     bad = [f for f in files if Path(f).suffix.lower() not in IMAGE_SUFFIXES]
     if bad:
-        raise PairProblem(f"{bad[:3]} are not image files.", "Correct ambient_latent.json or the folder.")
+        raise PairError(f"{bad[:3]} are not image files.", "Correct ambient_latent.json or the folder.")
     try:
         images = torch.stack([load_image(root / f, size) for f in files])
     except ValueError as e:
-        raise PairProblem(
+        raise PairError(
             f"a training image could not be read: {e}", "Replace or remove the file and fine-tune again."
         ) from e
     return ImageDataset(images, source=str(root))
@@ -457,7 +455,7 @@ def load_or_build_index(train: Any, path: str | os.PathLike | None, embedder: st
             return TrainingSetIndex.load(path, train.images)
         except (OSError, ValueError, RuntimeError, KeyError) as e:
             msg = " ".join(str(e).split())[:300]
-            raise PairProblem(
+            raise PairError(
                 f"the index at {path} could not be loaded: {msg}",
                 "Delete the folder: the app builds the index again from the training images and saves it there.",
             ) from e
@@ -466,12 +464,12 @@ def load_or_build_index(train: Any, path: str | os.PathLike | None, embedder: st
     try:
         index = TrainingSetIndex(train.images, list(train.ids), embedder=embedder, kind=kind)
     except RuntimeError as e:  # an embedder whose weights are not on this machine
-        raise PairProblem(
+        raise PairError(
             f"the image embedder {embedder!r} cannot be used: {e}",
             f'Set "embedder" to "{DEFAULT_EMBEDDER}" (offline, the default) or to one whose weights are here.',
         ) from e
     except ValueError as e:
-        raise PairProblem(f"the index could not be built: {e}", 'Check "embedder" in the pair.') from e
+        raise PairError(f"the index could not be built: {e}", 'Check "embedder" in the pair.') from e
     took = f"{len(train)} images, {time.perf_counter() - t0:.1f} s"
     if path is None:
         warnings.append(f'no "index" in the config: built one in memory ({index.embedder_name}, {kind}, {took}).')
@@ -487,12 +485,12 @@ def load_or_build_index(train: Any, path: str | os.PathLike | None, embedder: st
 def _check_device(device: str, needs_gpu: bool) -> str:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PairProblem(
+        raise PairError(
             f"the app runs on {device}, but this machine has no usable GPU.",
             "Start the app with --device cpu (or AMBIENT_DEVICE=cpu), or run it on a machine with a GPU.",
         )
     if needs_gpu and dev.type != "cuda":
-        raise PairProblem(
+        raise PairError(
             "this pair needs a GPU (needs_gpu in the config: a full-size model takes minutes per request on a "
             "CPU), and the app runs on the CPU.",
             'Run the app on a GPU machine (a GPU Space, or python app.py --device cuda), or set "needs_gpu": '
@@ -531,18 +529,18 @@ def load_latent_pair(
     needs_gpu: bool = False,
     trajectory_points: int | None = None,
 ) -> Pair:
-    """Load and cross-check a latent pair (folders or hub ids); ``PairProblem`` saying what to do otherwise.
+    """Load and cross-check a latent pair (folders or hub ids); ``PairError`` saying what to do otherwise.
 
     ``train_data`` defaults to the folder named in the Ambient side's ``ambient_latent.json``; ``index`` is a
     folder to load the index from, or to save a newly built one to (None: built in memory); ``trajectory_points``
     defaults to 8, or 3 for a pair of 512 px or more.
     """
     if isinstance(index_size, bool) or not isinstance(index_size, int) or index_size < 8:
-        raise PairProblem(f"index_size must be an integer of at least 8, got {index_size!r}.", "Correct it.")
+        raise PairError(f"index_size must be an integer of at least 8, got {index_size!r}.", "Correct it.")
     if trajectory_points is not None and (
         isinstance(trajectory_points, bool) or not isinstance(trajectory_points, int) or trajectory_points < 0
     ):
-        raise PairProblem(f"trajectory_points must be an integer >= 0, got {trajectory_points!r}.", "Correct it.")
+        raise PairError(f"trajectory_points must be an integer >= 0, got {trajectory_points!r}.", "Correct it.")
     device = _check_device(device, needs_gpu)
     dirs, checked = [], []
     for key, where in (("ambient", ambient_dir), ("baseline", baseline_dir)):
@@ -551,7 +549,7 @@ def load_latent_pair(
             checked.append(check_latent_folder(d))
         except (OSError, ValueError) as e:
             msg = " ".join(str(e).split())[:500]
-            raise PairProblem(f"the {key} pipeline cannot be used: {msg}", FINETUNE_FIX) from e
+            raise PairError(f"the {key} pipeline cannot be used: {msg}", FINETUNE_FIX) from e
         dirs.append(d)
     warnings = cross_check(checked[0], checked[1], (dirs[0], dirs[1]))
     settings = checked[0]["settings"]
@@ -560,7 +558,7 @@ def load_latent_pair(
     free = available_memory(device)
     if free is not None and estimate.total > free:
         where = "GPU" if torch.device(device).type == "cuda" else "CPU"
-        raise PairProblem(
+        raise PairError(
             f"too little memory: this pair needs {estimate.describe()}, and {free / 2**30:.1f} GiB are free on the "
             f"{where}.",
             "Run it on a device with more free memory (a larger GPU Space; for a 512 px Stable-Diffusion-1.5-class "
@@ -569,24 +567,24 @@ def load_latent_pair(
 
     data = train_data if train_data is not None else settings.get("data")
     if not data:
-        raise PairProblem("the pair names no training images.", 'Set "train_data" to the image folder.')
+        raise PairError("the pair names no training images.", 'Set "train_data" to the image folder.')
     size = min(int(index_size), int(settings["resolution"]))
     train = load_training_images(data, settings["train_files"], size)
 
     try:
         a, b, vae, text, tokenizer = _load_components((dirs[0], dirs[1]), device)
     except torch.cuda.OutOfMemoryError as e:
-        raise PairProblem(
+        raise PairError(
             f"the GPU ran out of memory while loading the pair ({estimate.describe()} expected).",
             "Use a GPU with more free memory, or serve fewer pairs on it.",
         ) from e
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:  # unreadable or mismatched weights
         msg = " ".join(str(e).split())[:500]
-        raise PairProblem(f"the pipelines could not be loaded: {msg}", FINETUNE_FIX) from e
+        raise PairError(f"the pipelines could not be loaded: {msg}", FINETUNE_FIX) from e
 
     idx = load_or_build_index(train, index, embedder, warnings)
     if len(idx) != len(train):
-        raise PairProblem(
+        raise PairError(
             f"the index holds {len(idx)} images but the pair was fine-tuned on {len(train)}.",
             "Delete the index folder so that it is built again.",
         )

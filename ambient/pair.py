@@ -330,6 +330,7 @@ class Pair:
         side: str = "ambient",
         callback: Callable[[dict[str, Any]], None] | None = None,
         bf16: bool = False,
+        sampler: str = "heun",
     ) -> torch.Tensor:
         """Samples of one side in model space: ``side="ambient"`` runs the cutoff (hand-over to the baseline, or
         truncate), ``side="baseline"`` the baseline alone; the same start noise per seed either way. ``bf16``:
@@ -350,6 +351,7 @@ class Pair:
                 steps=steps,
                 sigma_c=cut,
                 guidance=guidance if cond is not None else 1.0,
+                sampler=sampler,
                 callback=callback,
                 sigma_min=self.sigma_min,
                 sigma_max=self.sigma_max,
@@ -423,6 +425,15 @@ class Pair:
                 on_step(side, {"i": i, "total": totals[side], "sigma": sigma, "denoised": d})
 
         out = {}
+        if not self.trajectory_cache.max_bytes:  # recording off: each side sampled afresh, as a plain run
+            for side in ("ambient", "baseline"):
+
+                def cb(info: dict[str, Any], side: str = side) -> None:
+                    note(side, int(info["i"]), float(info["sigma"]), info["denoised"])
+
+                y = self.sample(seeds, cond, steps, cutoff, g, side, cb, bf16, sampler)
+                out[side] = self.codec.decode(y.float() if self.kind == "pixels" else y)
+            return SideBySide(out["ambient"], out["baseline"], records, time.perf_counter() - t0)
         base = self.trajectory("baseline", seeds, prompt, steps, g, sampler, bf16)
         amb = (
             self.trajectory("ambient", seeds, prompt, steps, g, sampler, bf16) if not cutoff.is_baseline_alone else None
@@ -496,6 +507,7 @@ class Pair:
         batch: int = 128,
         bf16: bool = False,
         progress: Callable[[float, str], None] | None = None,
+        sampler: str = "heun",
     ) -> torch.Tensor:
         """Images of many seeds as the index takes them, in batches (the same start noise per seed as in any
         other batch); ``cond`` from ``prompts.encode`` (one row per seed, or None)."""
@@ -505,7 +517,7 @@ class Pair:
         for start in range(0, len(seeds), per):
             s = list(seeds[start : start + per])
             c = None if cond is None else cond[start : start + per]
-            x = self.sample(s, c, steps, cutoff, guidance, side, bf16=bf16)
+            x = self.sample(s, c, steps, cutoff, guidance, side, bf16=bf16, sampler=sampler)
             out.append(self.codec.to_index(self.codec.decode(x.float() if self.kind == "pixels" else x)))
             if progress is not None:
                 progress(min(1.0, (start + len(s)) / len(seeds)), f"{start + len(s)}/{len(seeds)} samples")
@@ -553,23 +565,23 @@ def check_models(
     ambient: Any, baseline: Any, text_model: str | None = None, sigma_n: float | None = None
 ) -> dict[str, Any]:
     """Cross-check two denoisers; returns image_shape, cond_dim, text_model, sigma_n, regime, the common sigma
-    range and warnings. Raises ``PairProblem`` when they cannot be paired."""
+    range and warnings. Raises ``PairError`` when they cannot be paired."""
     shape_a, shape_b = tuple(ambient.image_shape), tuple(baseline.image_shape)
     if shape_a != shape_b:
-        raise PairProblem(
+        raise PairError(
             f"the two models make images of different shapes: ambient {shape_a}, baseline {shape_b}.",
             "Pair models trained on the same data at the same resolution.",
         )
     cond_a, cond_b = int(getattr(ambient, "cond_dim", 0)), int(getattr(baseline, "cond_dim", 0))
     if cond_a != cond_b:
-        raise PairProblem(
+        raise PairError(
             f"the models take different conditioning widths: ambient {cond_a}, baseline {cond_b}.",
             "Train both with the same text encoder (or both unconditional).",
         )
     meta = getattr(ambient, "meta", {}) or {}
     text_model = text_model or meta.get("text_model") or None
     if cond_a and not text_model:
-        raise PairProblem(
+        raise PairError(
             f"the models are text-conditional ({cond_a}-d) but no text encoder is named.",
             'Add "text_model": "all-MiniLM-L6-v2" (or the encoder they were trained with) to the pair.',
         )
@@ -580,7 +592,7 @@ def check_models(
         warnings.append('the Ambient model records no training cutoff sigma_n (set "sigma_n" in the config).')
     regime = meta.get("regime") or "all"
     if regime == "high" and not sigma_n:
-        raise PairProblem(
+        raise PairError(
             "the Ambient model is high-noise-only but records no sigma_n, so no cutoff can be chosen for it.",
             'Set "sigma_n" in the config to the value it was trained with.',
         )
@@ -604,18 +616,18 @@ def recorded_upsample(model: Any) -> int:
 
 
 def data_factor(models: tuple[Any, Any], model_shape: tuple[int, ...], data_shape: tuple[int, ...]) -> int:
-    """How many times the training images' side the models sample at (1: the same size); ``PairProblem`` when
+    """How many times the training images' side the models sample at (1: the same size); ``PairError`` when
     the training images do not fit the models, or a larger model side is not one both models were trained at."""
     (c, h, w), (dc, dh, dw) = model_shape, data_shape
     k = h // dh if dh and dw and h % dh == 0 and w % dw == 0 and h // dh == w // dw else 0
     if c != dc or k < 1:
-        raise PairProblem(
+        raise PairError(
             f"the training images are {tuple(data_shape)} but the models make {tuple(model_shape)}.",
             '"train_data" must hold the images the models were trained on, at the same size and channels.',
         )
     recorded = [recorded_upsample(m) for m in models]
     if recorded != [k, k]:
-        raise PairProblem(
+        raise PairError(
             f"the models make {tuple(model_shape)} images from {tuple(data_shape)} training images, but they record "
             f"training at upsample {recorded[0]} (ambient) and {recorded[1]} (baseline), not {k}.",
             '"train_data" must hold the images the models were trained on; models trained with --upsample K '
@@ -634,14 +646,14 @@ def load_index(path: str | Path | None, train: Any, warnings: list[str] | None =
         return TrainingSetIndex(train.images, list(train.ids))
     path = Path(path)
     if not path.is_dir():
-        raise PairProblem(f"the nearest-neighbour index folder {path} does not exist.", INDEX_FIX)
+        raise PairError(f"the nearest-neighbour index folder {path} does not exist.", INDEX_FIX)
     try:
         index = TrainingSetIndex.load(path, train.images)
     except (OSError, ValueError, RuntimeError, KeyError) as e:  # faiss raises RuntimeError on a corrupt file
         msg = " ".join(str(e).split())[:300]
-        raise PairProblem(f"the index at {path} could not be loaded: {msg}", INDEX_FIX) from e
+        raise PairError(f"the index at {path} could not be loaded: {msg}", INDEX_FIX) from e
     if len(index) != len(train):
-        raise PairProblem(
+        raise PairError(
             f"the index holds {len(index)} images but train_data holds {len(train)}.",
             "Rebuild the index from this train_data.",
         )
