@@ -12,6 +12,7 @@ oldest first once a byte budget is spent.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -178,4 +179,16 @@ class TrajectoryCache:
             self._bytes = 0
 
 
-DEFAULT_CACHE = TrajectoryCache(128 << 20)  # the process's trajectories: at most 128 MiB, shared by every pair
+def _budget_from_env() -> int:
+    """The shared cache's budget: ``AMBIENT_TRAJECTORY_CACHE_MB`` MiB (default 128; 0 turns recording off)."""
+    raw = os.environ.get("AMBIENT_TRAJECTORY_CACHE_MB", "128")
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise ValueError(f"AMBIENT_TRAJECTORY_CACHE_MB must be a number of MiB, not {raw!r}") from None
+    if not mb >= 0:
+        raise ValueError(f"AMBIENT_TRAJECTORY_CACHE_MB must be >= 0, not {raw!r}")
+    return int(mb * (1 << 20))
+
+
+DEFAULT_CACHE = TrajectoryCache(_budget_from_env())  # the process's trajectories, shared by every pair

@@ -41,6 +41,7 @@ MAX_SWEEP_SEEDS = 256
 DISPLAY_SIZE = 128
 THUMB_SIZE = 64
 DEFAULT_K = 4
+DEFAULT_SAMPLER = "heun"  # the app's solver (benchmarks/README.md: quality and speed per solver)
 MODES = ("handover", "truncate")
 
 StepCallback = Callable[[str, dict[str, Any]], None]
@@ -98,6 +99,15 @@ def check_float(value: Any, name: str, lo: float, hi: float) -> float:
     if not lo <= value <= hi:
         raise InputError(f"{name} must be from {lo:g} to {hi:g}, got {value:g}.")
     return value
+
+
+def check_sampler(sampler: Any) -> str:
+    """A sampler name the library has, or an InputError naming them."""
+    from ambient.sampling import SAMPLERS
+
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
+        raise InputError(f"sampler must be one of {', '.join(sorted(SAMPLERS))}, got {sampler!r}.")
+    return sampler
 
 
 def check_mode(mode: Any) -> str:
@@ -309,10 +319,13 @@ def verdict_json(v: Any) -> dict[str, Any]:
 class Handlers:
     """The app's operations over a registry of model pairs; every public method is a plain function."""
 
-    def __init__(self, registry: PairRegistry, cache_size: int = 32, bf16: bool | None = None):
+    def __init__(
+        self, registry: PairRegistry, cache_size: int = 32, bf16: bool | None = None, sampler: str = DEFAULT_SAMPLER
+    ):
         from ambient.training import cpu_has_bf16
 
         self.registry = registry
+        self.sampler = check_sampler(sampler)
         # bf16 autocast where the CPU has native bf16 (the shipped evaluation samples the same way)
         self.bf16 = cpu_has_bf16() if bf16 is None else bool(bf16)
         self._cache: OrderedDict[tuple, GenerateResult] = OrderedDict()
@@ -362,11 +375,24 @@ class Handlers:
         mode: Any = "handover",
         k: Any = DEFAULT_K,
         on_step: StepCallback | None = None,
+        sampler: Any = None,
     ) -> GenerateResult:
-        """Ambient (with the cutoff) and baseline from the same seeds, with neighbours and x0_hat trajectories."""
+        """Ambient (with the cutoff) and baseline from the same seeds, with neighbours and x0_hat trajectories
+        (``sampler``: "heun" or "dpmpp_2m"; None or "" is the app's default)."""
         p = self.pair(pair)
         req, notes = self._validate(p, prompt, seed, n_images, steps, guidance, sigma_c, mode, k)
-        key = (p.name, req["prompt"], req["seed"], req["n"], req["steps"], req["guidance"], req["cutoff"], req["k"])
+        req["sampler"] = check_sampler(sampler or self.sampler)
+        key = (
+            p.name,
+            req["prompt"],
+            req["seed"],
+            req["n"],
+            req["steps"],
+            req["guidance"],
+            req["cutoff"],
+            req["k"],
+            req["sampler"],
+        )
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
@@ -414,7 +440,14 @@ class Handlers:
         seeds = [(req["seed"] + i) % (MAX_SEED + 1) for i in range(req["n"])]
         try:
             r = p.side_by_side(
-                seeds, req["prompt"], req["steps"], req["cutoff"], req["guidance"], on_step, bf16=self.bf16
+                seeds,
+                req["prompt"],
+                req["steps"],
+                req["cutoff"],
+                req["guidance"],
+                on_step,
+                bf16=self.bf16,
+                sampler=req["sampler"],
             )
         except torch.cuda.OutOfMemoryError as e:
             raise InputError(

@@ -145,6 +145,17 @@ def test_pair_side_by_side_reuses_the_recorded_runs_and_matches_fresh_sampling(t
             assert len(r.records["ambient"]) == len(r.records["baseline"]) == steps  # every step's estimate
         # two recorded runs (one a side) served all five cutoffs (the baseline alone needs no Ambient run)
         assert pair.trajectory_cache.misses - misses == 2 and pair.trajectory_cache.hits - hits == 5 + 4 - 2
+    pair.trajectory_cache = TrajectoryCache(max_bytes=0)  # recording off: each side sampled afresh, same images
+    for sc in (0.0, 0.4, math.inf):
+        off = pair.side_by_side(seeds, "", steps, Cutoff(sc), trajectory_points=None)
+        pair.trajectory_cache = TrajectoryCache()
+        on = pair.side_by_side(seeds, "", steps, Cutoff(sc), trajectory_points=None)
+        pair.trajectory_cache = TrajectoryCache(max_bytes=0)
+        assert torch.equal(off.ambient, on.ambient) and torch.equal(off.baseline, on.baseline)
+        assert [s for s, _ in off.records["ambient"]] == [s for s, _ in on.records["ambient"]]
+        for (_, a), (_, b) in zip(off.records["ambient"], on.records["ambient"], strict=True):
+            assert torch.equal(a, b)
+    assert len(pair.trajectory_cache) == 0
     t = pair.side_by_side(seeds, "", steps, Cutoff(0.5, "truncate"))
     fresh_t = sample(
         pair.ambient,
