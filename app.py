@@ -48,6 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default=env.get("AMBIENT_DEVICE", "auto"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: cores / max-concurrency)")
     ap.add_argument("--no-fallback", action="store_true", help="no tiny random pair when the default pair is missing")
+    ap.add_argument(
+        "--sampler",
+        choices=("heun", "dpmpp_2m"),
+        default=env.get("AMBIENT_SAMPLER", "heun"),
+        help="the solver of every request that names none (heun)",
+    )
     args = ap.parse_args(argv)
     if args.max_concurrency < 1 or args.max_queue < 1:
         ap.error("--max-concurrency and --max-queue must be at least 1")
@@ -117,7 +123,7 @@ def setup(args: argparse.Namespace) -> tuple[Any, str, str]:
                 # the fallback is a convenience (a full disk, a missing text encoder...): say why, go on without it
                 warning += f"\n\nA tiny fallback pair could not be made either ({type(e).__name__}: {e})."
         print(warning, file=sys.stderr)  # the operator sees the full paths; visitors see them redacted
-    return Handlers(registry), device_banner(device), registry.redact(warning)
+    return Handlers(registry, sampler=args.sampler), device_banner(device), registry.redact(warning)
 
 
 def _warm_up(handlers: Any) -> None:

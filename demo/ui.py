@@ -891,9 +891,12 @@ def _wire_api(H: Handlers, heavy: dict[str, Any]) -> None:
         guidance: float = 1.0,
         sigma_c: float | None = None,
         mode: str = "handover",
+        sampler: str = "",
     ) -> dict:
-        """Ambient and baseline images from the same seeds with their nearest training images and copy verdicts."""
-        return h.result_json(H.generate(pair or None, prompt, seed, n_images, steps, guidance, sigma_c, mode), True)
+        """Ambient and baseline images from the same seeds with their nearest training images and copy verdicts
+        (``sampler``: "heun" or "dpmpp_2m"; empty: the app's default)."""
+        res = H.generate(pair or None, prompt, seed, n_images, steps, guidance, sigma_c, mode, sampler=sampler or None)
+        return h.result_json(res, True)
 
     def neighbours(pair: str = "", image: str = "", train_position: int | None = None, k: int = 4) -> dict:
         """Nearest training images of a base64 image (or of training image ``train_position``): is it a copy?"""
