@@ -150,10 +150,15 @@ def _run_index(args: argparse.Namespace) -> int:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "evaluate", "memorization, quality and the sigma_c sweep of a model pair")
+    p.add_argument("--ambient", help="Ambient model folder, or fine-tuned latent pipeline (used above sigma_c)")
+    p.add_argument("--baseline", help="baseline model folder or pipeline (used below sigma_c)")
     p.add_argument(
-        "--ambient", required=True, help="Ambient model folder, or fine-tuned latent pipeline (used above sigma_c)"
+        "--config",
+        default=None,
+        help="instead of --ambient/--baseline/--pair-dir: a pairs.json whose pair (--pair) is studied as the app "
+        "serves it",
     )
-    p.add_argument("--baseline", required=True, help="baseline model folder or pipeline (used below sigma_c)")
+    p.add_argument("--pair", default=None, help="with --config: the pair's name (default: the config's default)")
     p.add_argument(
         "--pair-dir",
         default=None,
@@ -177,23 +182,35 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from ambient.evaluate import evaluate_pair
+    from ambient.evaluate import evaluate_loaded, evaluate_pair
+    from ambient.pair import PairError
 
-    report = evaluate_pair(
-        args.ambient,
-        args.baseline,
-        args.pair_dir,
-        args.out,
-        n=args.n,
-        sweep_n=args.sweep_n,
-        sweep_points=args.sweep_points,
-        sweep_min=args.sweep_min,
-        steps=args.steps,
-        guidance=args.guidance,
-        seed=args.seed,
-        bf16=args.bf16,
-        embedder=args.embedder,
-    )
+    study = {"n": args.n, "sweep_n": args.sweep_n, "sweep_points": args.sweep_points, "sweep_min": args.sweep_min}
+    study |= {"steps": args.steps, "guidance": args.guidance, "seed": args.seed, "bf16": args.bf16}
+    try:
+        if args.config is not None:
+            if args.ambient or args.baseline or args.pair_dir:
+                raise PairError("--config names the pair: leave out --ambient, --baseline and --pair-dir.")
+            from ambient.pairs_config import load_config, load_pair
+
+            cfg = load_config(args.config)
+            name = args.pair or cfg.default
+            spec = next((s for s in cfg.specs if s.name == name), None)
+            if spec is None:
+                raise cfg.errors.get(name) or PairError(
+                    f"{args.config} has no pair {name!r}.", f"Choose one of {[s.name for s in cfg.specs]}."
+                )
+            extra = {"config": str(args.config), "pair": name}
+            report = evaluate_loaded(load_pair(spec), args.out, settings_extra=extra, **study)
+        elif args.ambient and args.baseline:
+            report = evaluate_pair(
+                args.ambient, args.baseline, args.pair_dir, args.out, embedder=args.embedder, **study
+            )
+        else:
+            raise PairError("name the pair: --ambient and --baseline (with --pair-dir), or --config (with --pair).")
+    except PairError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for name in ("reference", "baseline", "ambient"):
         r = report[name]
         if not r:  # no held-out reference for this pair

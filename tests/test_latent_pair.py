@@ -455,3 +455,23 @@ def test_sample_on_a_latent_pipeline_says_how_to_sample_it(lat, tmp_path, capsys
     err = capsys.readouterr().err
     assert "fine-tuned latent pipeline" in err and "ambient evaluate" in err and "cross_attention_dim" not in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_evaluate_studies_a_pair_of_a_config_as_the_app_serves_it(lat, tmp_path, capsys):
+    from ambient.cli import main
+
+    out = tmp_path / "eval"
+    small = ["--n", "2", "--sweep-n", "2", "--sweep-points", "2", "--steps", "2", "--no-bf16"]
+    assert main(["evaluate", "--config", str(lat["config"]), "--pair", "latent", "--out", str(out), *small]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["pair"] == "latent" and report["settings"]["kind"] == "latent"
+    assert report["settings"]["embedder"] == "pixels"  # the index the config names, as the app loads it
+    for argv, says in (
+        (["--config", str(lat["config"]), "--pair", "nope"], "has no pair 'nope'"),
+        (["--config", str(lat["config"]), "--pair", "othertrain"], "different training images"),
+        (["--config", str(lat["config"]), "--ambient", "x"], "leave out --ambient"),
+        ([], "name the pair"),
+    ):
+        assert main(["evaluate", *argv, "--out", str(tmp_path / "bad"), *small]) == 2
+        assert says in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
