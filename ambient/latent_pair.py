@@ -63,6 +63,7 @@ from ambient.latent import (
     IMAGE_SUFFIXES,
     LatentDenoiser,
     check_pipeline_dir,
+    component_signature,
     load_image,
     read_ambient_settings,
     resolve_pipeline_dir,
@@ -142,18 +143,6 @@ def check_latent_folder(folder: str | os.PathLike, need_weights: bool = True) ->
     return {"configs": configs, "settings": settings}
 
 
-def _component_signature(folder: Path, comp: str) -> tuple:
-    """What identifies a shared component without hashing gigabytes: its config files and its weights' sizes."""
-    d = folder / comp
-    files = []
-    for p in sorted(d.iterdir()) if d.is_dir() else []:
-        if p.suffix in (".json", ".txt"):
-            files.append((p.name, p.read_bytes()))
-        elif p.suffix == ".safetensors":
-            files.append((p.name, p.stat().st_size))
-    return tuple(files)
-
-
 def cross_check(ambient: dict[str, Any], baseline: dict[str, Any], dirs: tuple[Path, Path]) -> list[str]:
     """Raise ``PairError`` when two checked folders cannot be paired; return warnings for what is merely odd."""
     sa, sb = ambient["settings"], baseline["settings"]
@@ -176,7 +165,7 @@ def cross_check(ambient: dict[str, Any], baseline: dict[str, Any], dirs: tuple[P
             "Fine-tune both on the same --data folder: the comparison needs the same training set.",
         )
     for comp in SHARED:
-        if _component_signature(dirs[0], comp) != _component_signature(dirs[1], comp):
+        if component_signature(dirs[0], comp) != component_signature(dirs[1], comp):
             raise PairError(
                 f"the two pipelines have different {comp} components; a latent pair shares one VAE, text encoder "
                 "and tokenizer.",
