@@ -354,6 +354,12 @@ class Handlers:
             self._log_pair_error(e)
             raise InputError(self.registry.redact(str(e))) from e
 
+    def slider_is_live(self, name: str | None) -> bool:
+        """Whether the cutoff slider regenerates while it is dragged (pixel pairs, or any pair on a GPU: a move
+        costs a fraction of a second) or only when it is released (a latent pair on the CPU: seconds a move)."""
+        p = self.pair(name)
+        return p.kind == "pixels" or str(p.device).startswith("cuda")
+
     def pair_status(self, name: str | None) -> str:
         """Markdown describing the pair, or what is wrong with it (server paths made relative)."""
         try:

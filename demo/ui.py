@@ -640,7 +640,10 @@ def _wire_cutoff_label(H: Handlers, pair_dd: gr.Dropdown, tab: _GenerateTab) -> 
             p = H.pair(pair)
         except InputError:
             return ""
-        return h.cutoff_label(h.sigma_from_slider(v, p), p, h.check_mode(m))
+        label = h.cutoff_label(h.sigma_from_slider(v, p), p, h.check_mode(m))
+        if not H.slider_is_live(pair):
+            label += " (the images follow when you release the slider: this model samples for seconds a move here)"
+        return label
 
     for ev in (tab.cutoff.change, tab.mode.change):
         ev(
@@ -754,6 +757,36 @@ def _wire_generate(H: Handlers, top: _Header, tab: _GenerateTab, heavy: dict[str
     )
     t.g_amb.select(pick, None, t.traj_dd, api_visibility="private", queue=False)
     t.g_base.select(pick, None, t.traj_dd, api_visibility="private", queue=False)
+
+    # The cutoff slider moves the galleries: while it is dragged where a move is cheap (each model's run is recorded
+    # once, so a move runs only the baseline's steps below the new cutoff), on release where it is not (a latent
+    # pair on the CPU). The seed stays as it is; the latest position wins (trigger_mode "always_last").
+    slide_inputs = [top.pair, t.prompt, t.seed, t.n_images, t.steps, t.guidance, t.cutoff, t.mode]
+
+    def slide(live: bool, pair: str, prompt_: str, seed_: Any, n: Any, steps_: Any, g: Any, v: float, m: str) -> Any:
+        if H.slider_is_live(pair) != live:
+            return tuple(gr.skip() for _ in gen_outputs)
+        p = H.pair(pair)
+        return finals(H.generate(pair, prompt_, seed_, n, steps_, g, h.sigma_from_slider(v, p), m))
+
+    @_gpu
+    def ui_slide(*args: Any) -> Any:
+        return slide(True, *args)
+
+    @_gpu
+    def ui_slide_release(*args: Any) -> Any:
+        return slide(False, *args)
+
+    t.cutoff.change(
+        ui_slide,
+        slide_inputs,
+        gen_outputs,
+        trigger_mode="always_last",
+        show_progress="hidden",
+        api_visibility="private",
+        **heavy,
+    )
+    t.cutoff.release(ui_slide_release, slide_inputs, gen_outputs, api_visibility="private", **heavy)
 
 
 def _wire_pair_change(
