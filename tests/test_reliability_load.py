@@ -274,3 +274,64 @@ def test_soak_two_hundred_requests_in_a_row(tiny, tmp_path):
     print(f"\nsoak: {json.dumps(report)}")
     assert failures == [], failures[:5]
     assert growth < 0.05, f"resident memory grew by {100 * growth:.1f} % over 200 requests"
+
+
+def test_sixteen_clients_drag_the_cutoff_slider(tiny):
+    """16 clients each generate once, then move the cutoff 6 times (a drag through the API): no failures, every
+    answer is for the position asked, and the recorded trajectories stay within the cache's byte budget."""
+    from ambient.trajectory import TrajectoryCache
+
+    demo, url, gauge = launch(tiny, 2, 16)
+    pair = gauge.real.__self__.pair("tiny")
+    pair.trajectory_cache = TrajectoryCache(max_bytes=4 << 20)  # small, so the budget is exercised
+    positions = [0.01, 0.05, 0.2, 0.7, 2.0, 9.0]
+    failures: list[str] = []
+    latencies: list[float] = []
+    lock = threading.Lock()
+    rss0 = rss_bytes(os.getpid())
+
+    def user(i: int) -> None:
+        try:
+            client = Client(url, verbose=False)
+            seed = 50_000 + 100 * i
+            client.predict(pair="", prompt="", seed=seed, n_images=2, steps=6, api_name="/generate")
+            for sc in positions:
+                t = time.perf_counter()
+                r = client.predict(pair="", prompt="", seed=seed, n_images=2, steps=6, sigma_c=sc, api_name="/generate")
+                with lock:
+                    latencies.append(time.perf_counter() - t)
+                assert r["seeds"] == [seed, seed + 1] and abs(r["sigma_c"] - sc) < 1e-9 * max(1, sc), r["sigma_c"]
+        except Exception as e:
+            with lock:
+                failures.append(f"client {i}: {e!r}")
+
+    try:
+        threads = [threading.Thread(target=user, args=(i,)) for i in range(CLIENTS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+    finally:
+        demo.close()
+    cache = pair.trajectory_cache
+    report = {
+        "clients": CLIENTS,
+        "moves_per_client": len(positions),
+        "failures": len(failures),
+        "move_latency_s": {"p50": round(percentile(latencies, 50), 3), "p95": round(percentile(latencies, 95), 3)},
+        "trajectory_cache": {
+            "bytes": cache.nbytes,
+            "budget": cache.max_bytes,
+            "hits": cache.hits,
+            "misses": cache.misses,
+        },
+        "rss_growth_mb": round((rss_bytes(os.getpid()) - rss0) / 2**20, 1),
+        "machine": machine(),
+    }
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "slider_load_test.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nslider load test: {json.dumps(report)}")
+    assert failures == [], failures[:5]
+    assert len(latencies) == CLIENTS * len(positions)
+    assert 0 < cache.nbytes <= cache.max_bytes
+    assert cache.hits >= CLIENTS * len(positions)  # every move reused its seed's recorded runs (both sides)
