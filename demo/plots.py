@@ -269,7 +269,7 @@ def similarity_figure(sim: dict[str, Any]) -> Any:
     fig = make_subplots(
         rows=1,
         cols=2,
-        subplot_titles=("ratio test d1/d2 (a copy below the line)", "cosine of the nearest training image"),
+        subplot_titles=("ratio test d1/d2 (left of the dashed line: a copy)", "cosine of the nearest training image"),
     )
     groups = [
         ("baseline", "Baseline", BASELINE_COLOR),

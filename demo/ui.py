@@ -245,12 +245,15 @@ def _similarity(p: ModelPair | None) -> tuple[str, Any]:
         "images the models never saw, scored against the same training set. Left of the dashed line: copies."
     )
     novel = [
-        f"{side}: {sim[side]['novel_frechet_distance']:.2f} on its {sim[side]['novel_n']} novel samples"
-        for side in ("baseline", "ambient")
+        f"{name}: {sim[side]['novel_frechet_distance']:.2f} on its {sim[side]['novel_n']} novel samples"
+        for side, name in (("baseline", "baseline"), ("ambient", "Ambient model"))
         if isinstance(sim.get(side), dict) and "novel_frechet_distance" in sim[side]
     ]
     if novel:
-        line += f" What each side makes when it does not copy (Frechet distance, lower = better): {'; '.join(novel)}."
+        line += (
+            f" What each side makes when it does not copy (Frechet distance to as many held-out images, lower = "
+            f"better; fewer samples push it up): {'; '.join(novel)}."
+        )
     return line, similarity_figure(sim)
 
 
