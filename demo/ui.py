@@ -350,7 +350,8 @@ def _header(H: Handlers, warning: str) -> _Header:
         pair_dd = gr.Dropdown(
             choices=H.registry.choices(), value=default, label="Model pair", scale=2, interactive=True, elem_id="pair"
         )
-        headline = gr.Markdown(headline_markdown(H, default), elem_id="pair-headline", elem_classes=["headline"])
+        with gr.Column(scale=3):
+            headline = gr.Markdown(headline_markdown(H, default), elem_id="pair-headline", elem_classes=["headline"])
     with gr.Accordion("About this pair", open=False, elem_id="about-pair"):
         card = gr.Markdown(card_markdown(H, default), elem_id="pair-card")
         status = gr.Markdown(H.pair_status(default) if default else H.pair_status(None), elem_id="pair-status")
