@@ -237,7 +237,11 @@ def _similarity(p: ModelPair | None) -> tuple[str, Any]:
     try:
         sim = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return "", None
+        return (
+            "No per-sample similarity data ships with this pair (`python scripts/similarity.py --pair "
+            f"{p.spec.name} --out <its eval folder>/similarity.json` writes it).",
+            None,
+        )
     n = sim.get("n", "?")
     line = (
         f"#### How close each image is to its nearest training image ({n} samples a side, {n} held-out images)\n"
