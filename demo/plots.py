@@ -9,9 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 AMBIENT_COLOR = "#1f77b4"
 BASELINE_COLOR = "#d62728"
+
+
+def plain_log_axis(axis: Any) -> None:
+    """Log-scale tick labels as plain numbers (0.01, 1, 10): matplotlib's default labels are mathtext, whose
+    parser is not thread-safe, and the app renders figures of concurrent requests at the same time."""
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def trajectory_figure(
@@ -41,6 +49,7 @@ def trajectory_figure(
                 arrowprops={"arrowstyle": "->", "color": color},
             )
     ax.set_xscale("log")
+    plain_log_axis(ax.xaxis)
     ax.invert_xaxis()
     ax.axhline(threshold, color="gray", ls=":", lw=1)
     ax.text(
@@ -98,6 +107,7 @@ def sweep_figure(rows: list[dict[str, Any]], sigma_n: float | None = None, title
         ax2.set_ylabel("mean nearest similarity")
     for a in (ax, ax2):
         a.set_xscale("log")
+        plain_log_axis(a.xaxis)
         a.set_xlabel("sigma_c (left: Ambient alone, right: baseline alone)")
         a.grid(alpha=0.3)
         if sigma_n:

@@ -200,6 +200,32 @@ def test_slide_generate_and_see_copies_marked(page, shots):
     page.screenshot(path=str(shots / "browser_generate.png"), full_page=True)
 
 
+def test_dragging_the_cutoff_moves_the_galleries_without_generate(page, shots):
+    """After a Generate, moving the cutoff alone regenerates: at the right end the Ambient panel is the baseline
+    alone (which copies here, so every caption says COPY); back at the left end it is the Ambient model again."""
+    from playwright.sync_api import expect
+
+    amb_caps = page.locator("#gallery-ambient .caption-label")
+    expect(amb_caps).to_have_count(4)
+    assert all("novel" in c for c in amb_caps.all_inner_texts())
+    rng = page.locator("#cutoff input[type=range]")
+    rng.focus()
+    page.keyboard.press("End")
+    expect(page.locator("#cutoff-label")).to_contain_text("baseline alone")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#gallery-ambient .caption-label')].filter(e => /COPY/.test(e.innerText))"
+        ".length === 4"
+    )
+    page.screenshot(path=str(shots / "slider_right_end.png"), full_page=True)
+    rng.focus()
+    page.keyboard.press("Home")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#gallery-ambient .caption-label')].filter(e => /novel/.test(e.innerText))"
+        ".length === 4"
+    )
+    expect(page.locator("#cutoff-label")).to_contain_text("Ambient alone (left end)")
+
+
 def test_a_selected_sample_opens_against_its_nearest_training_image(page, shots):
     from playwright.sync_api import expect
 
