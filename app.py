@@ -51,8 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--sampler",
         choices=("heun", "dpmpp_2m"),
-        default=env.get("AMBIENT_SAMPLER", "heun"),
-        help="the solver of every request that names none (heun)",
+        default=env.get("AMBIENT_SAMPLER", "dpmpp_2m"),
+        help="the solver of every request that names none (dpmpp_2m: DPM-Solver++ 2M)",
     )
     args = ap.parse_args(argv)
     if args.max_concurrency < 1 or args.max_queue < 1:

@@ -169,7 +169,13 @@ def nearest_along(index: Any, estimates: Sequence[torch.Tensor]) -> tuple[np.nda
 
 
 def copy_trajectory(
-    pair: Any, seed: int, prompt: str = "", steps: int = 18, cutoff: Cutoff | None = None, side: str = "ambient"
+    pair: Any,
+    seed: int,
+    prompt: str = "",
+    steps: int = 18,
+    cutoff: Cutoff | None = None,
+    side: str = "ambient",
+    sampler: str = "heun",
 ) -> list[dict[str, Any]]:
     """Nearest-training-image similarity of x0_hat at every sampling step of one seed of a pair's side (the
     moment of copying): ``Pair.trajectories`` of a one-image run, every step recorded."""
@@ -181,7 +187,7 @@ def copy_trajectory(
         if pair.trajectory_points is None or int(info["i"]) in keep:
             records.append((float(info["sigma"]), pair.codec.to_index(pair.codec.decode(info["denoised"]))))
 
-    pair.sample([seed], pair.prompts.cond(prompt, 1), steps, cut, 1.0, side, cb)
+    pair.sample([seed], pair.prompts.cond(prompt, 1), steps, cut, 1.0, side, cb, sampler=sampler)
     rows = pair.trajectories(records, cut, side)
     return rows[0] if rows else []
 

@@ -87,7 +87,6 @@ def run_arm(arm: str, port: int, requests: int) -> dict[str, Any]:
                 guidance=1.0,
                 sigma_c=sigma_c,
                 mode="handover",
-                sampler="",
                 api_name="/generate",
             )
             dt = time.perf_counter() - t0

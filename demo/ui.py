@@ -362,7 +362,7 @@ def _header(H: Handlers, warning: str) -> _Header:
     return _Header(pair=pair_dd, headline=headline, status=status, card=card, last=gr.State(None))
 
 
-def _generate_tab(first: ModelPair | None, banner: str) -> _GenerateTab:
+def _generate_tab(first: ModelPair | None, banner: str, sampler: str = h.DEFAULT_SAMPLER) -> _GenerateTab:
     """The controls with Generate on the first screen; the two galleries, the comparison of a selected sample
     with its nearest training image, the neighbours; trajectories; raw JSON; examples."""
     lo, hi = h.slider_range(first) if first else (math.log10(0.002), math.log10(80.0))
@@ -404,8 +404,10 @@ def _generate_tab(first: ModelPair | None, banner: str) -> _GenerateTab:
                 gr.Markdown(banner or h.device_banner("cpu"), elem_classes=["banner"], elem_id="banner")
                 with gr.Accordion("More settings", open=False, elem_id="more-settings"):
                     randomize = gr.Checkbox(value=False, label="New random seed on every Generate")
-                    start_steps = first.default_steps if first else 18
-                    steps = gr.Slider(1, h.MAX_STEPS, value=start_steps, step=1, label="Sampler steps (Heun)")
+                    start_steps = h.default_steps(first, sampler) if first else 14
+                    steps = gr.Slider(
+                        1, h.MAX_STEPS, value=start_steps, step=1, label=f"Sampler steps ({h.SAMPLER_NAMES[sampler]})"
+                    )
                     guidance = gr.Slider(0, h.MAX_GUIDANCE, value=1.0, step=0.1, label="Guidance scale (1 = off)")
                     mode = gr.Radio(
                         [("hand-over", "handover"), ("truncate", "truncate")],
@@ -851,7 +853,7 @@ def _wire_pair_change(
             H.training_gallery(pair),
             fr["md"],
             gr.update(value=fr_img, visible=fr_img is not None),
-            gr.update(value=p.default_steps),  # the pair's own default (a full-size latent pair: fewer steps)
+            gr.update(value=h.default_steps(p, H.sampler)),  # the pair's own default (a full-size latent pair: fewer)
             *[gr.update(value=figs[i] if i < len(figs) else None, visible=i < len(figs)) for i in range(k)],
             sim_md,
             gr.update(value=sim_fig, visible=sim_fig is not None),
@@ -932,12 +934,9 @@ def _wire_api(H: Handlers, heavy: dict[str, Any]) -> None:
         guidance: float = 1.0,
         sigma_c: float | None = None,
         mode: str = "handover",
-        sampler: str = "",
     ) -> dict:
-        """Ambient and baseline images from the same seeds with their nearest training images and copy verdicts
-        (``sampler``: "heun" or "dpmpp_2m"; empty: the app's default)."""
-        res = H.generate(pair or None, prompt, seed, n_images, steps, guidance, sigma_c, mode, sampler=sampler or None)
-        return h.result_json(res, True)
+        """Ambient and baseline images from the same seeds with their nearest training images and copy verdicts."""
+        return h.result_json(H.generate(pair or None, prompt, seed, n_images, steps, guidance, sigma_c, mode), True)
 
     def neighbours(pair: str = "", image: str = "", train_position: int | None = None, k: int = 4) -> dict:
         """Nearest training images of a base64 image (or of training image ``train_position``): is it a copy?"""
@@ -1017,7 +1016,7 @@ def build_app(handlers: Handlers, banner: str = "", warning: str = "", max_concu
     with gr.Blocks(title="Ambient Explorer") as demo:
         top = _header(H, warning)
         with gr.Tabs():
-            gen = _generate_tab(first, banner)
+            gen = _generate_tab(first, banner, H.sampler)
             trade = _tradeoff_tab(H, default, first)
             check = _check_tab(H, default, first)
             _api_tab()

@@ -85,7 +85,7 @@ def test_cutoff_ends_same_noise_and_modes(H):
     # left end = Ambient alone: exactly the library's Ambient-only sample
     r = H.generate("tiny", "", 11, 2, 6, 1.0, p.sigma_min, "handover")
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=H.bf16):  # the handler samples in bf16 where native
-        ref = h._u8(sample(p.ambient, None, [11, 12], p.image_shape, None, 6))
+        ref = h._u8(sample(p.ambient, None, [11, 12], p.image_shape, None, 6, sampler=H.sampler))
     assert (np.stack([s.image for s in r.ambient]) == ref).all()
     assert all(t["model"] == "ambient" for t in r.ambient[0].trajectory)
     # in between: Ambient above sigma_c, baseline below

@@ -404,10 +404,10 @@ def test_the_moment_of_copying_is_one_function_for_the_app_and_the_study(handler
 
     p = handlers.pair("latent")
     r = handlers.generate("latent", "a red cat", 3, 1, 6, 1.0, None, "handover")
-    rows = copy_trajectory(p, 3, "a red cat", 6)
+    rows = copy_trajectory(p, 3, "a red cat", 6, sampler=handlers.sampler)
     assert rows == r.ambient[0].trajectory and len(rows) == 3  # trajectory_points: 3 of the 6 steps
     assert [t["model"] for t in rows] == ["ambient"] * 3
-    base = copy_trajectory(p, 3, "a red cat", 6, side="baseline")
+    base = copy_trajectory(p, 3, "a red cat", 6, side="baseline", sampler=handlers.sampler)
     assert base == r.baseline[0].trajectory and {t["model"] for t in base} == {"baseline"}
 
 
