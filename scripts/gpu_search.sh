@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: train and score the whole search grid, then leave the studies JSON and the
 # final models under $OUT (or ./gpu_out) to bring back. Every run resumes from its checkpoint if called again.
-#   bash scripts/gpu_search.sh [grid file]        (default scripts/grids/gpu_search.json)
+#   bash scripts/gpu_search.sh [grid file]        (default scripts/grids/gpu_quality.json: the quality question)
 # Needs: python with the packages of requirements.txt, the Fashion-MNIST files (AMBIENT_FMNIST_DIR or
 # /usr/share/datasets/fashion-mnist) and the MiniLM text model; the script checks them before it trains.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-GRID="${1:-scripts/grids/gpu_search.json}"
+GRID="${1:-scripts/grids/gpu_quality.json}"
 OUT="${OUT:-gpu_out}"
 PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
