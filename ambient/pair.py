@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,6 +211,8 @@ class Pair:
     frontier: dict[str, Any] | None = None
     frontier_plot: Path | None = None
     trajectory_cache: Any = None  # ambient.trajectory.TrajectoryCache (default: the process's shared one)
+    # record the two models' runs in two threads where a request has one CPU thread (AMBIENT_PARALLEL_SIDES=0: not)
+    parallel_sides: bool = field(default_factory=lambda: os.environ.get("AMBIENT_PARALLEL_SIDES", "1") != "0")
 
     def __post_init__(self) -> None:
         if self.trajectory_cache is None:
@@ -382,6 +386,17 @@ class Pair:
 
         return self.trajectory_cache.get(key, make)
 
+    def _trajectories(
+        self, sides: list[str], seeds: Sequence[int], prompt: str, steps: int, g: float, sampler: str, bf16: bool
+    ) -> dict[str, Trajectory]:
+        """The sides' recorded runs; two that are not cached yet run at the same time, one thread each (the two
+        networks are independent until the hand-over, and a request on the CPU is given one thread)."""
+        if len(sides) == 2 and self.parallel_sides and self.device == "cpu" and torch.get_num_threads() == 1:
+            with ThreadPoolExecutor(2) as pool:
+                futures = {s: pool.submit(self.trajectory, s, seeds, prompt, steps, g, sampler, bf16) for s in sides}
+                return {s: f.result() for s, f in futures.items()}
+        return {s: self.trajectory(s, seeds, prompt, steps, g, sampler, bf16) for s in sides}
+
     def side_by_side(
         self,
         seeds: Sequence[int],
@@ -434,10 +449,9 @@ class Pair:
                 y = self.sample(seeds, cond, steps, cutoff, g, side, cb, bf16, sampler)
                 out[side] = self.codec.decode(y.float() if self.kind == "pixels" else y)
             return SideBySide(out["ambient"], out["baseline"], records, time.perf_counter() - t0)
-        base = self.trajectory("baseline", seeds, prompt, steps, g, sampler, bf16)
-        amb = (
-            self.trajectory("ambient", seeds, prompt, steps, g, sampler, bf16) if not cutoff.is_baseline_alone else None
-        )
+        sides = ["baseline"] if cutoff.is_baseline_alone else ["baseline", "ambient"]
+        runs = self._trajectories(sides, seeds, prompt, steps, g, sampler, bf16)
+        base, amb = runs["baseline"], runs.get("ambient")
         # the Ambient side: the recorded steps above the cutoff, then the rest run now
         if amb is None:
             start, x = 0, None

@@ -6,9 +6,10 @@ settings and times ``/generate`` end to end, as a visitor's browser would wait f
 * new seed: 8 requests at the default cutoff, each with seeds no earlier request used;
 * slider move: one seed, then 8 cutoffs spread evenly over the slider (log10 sigma), each a new position.
 
-Arms (``--arms``), each ``cache:sampler:steps``: ``off:heun:18`` is the path before trajectories were recorded
-(``AMBIENT_TRAJECTORY_CACHE_MB=0``: both sides sampled afresh for every request); ``on:heun:18`` records each
-model's run once and restarts the Ambient side below the cutoff; ``on:dpmpp_2m:N`` adds the faster solver.
+Arms (``--arms``), each ``cache:sampler:steps[:serial]``: ``off:heun:18`` is the path before trajectories were
+recorded (``AMBIENT_TRAJECTORY_CACHE_MB=0``: both sides sampled afresh for every request, one after the other);
+``on:heun:18`` records each model's run once and restarts the Ambient side below the cutoff; ``on:dpmpp_2m:N`` adds
+the faster solver; the two models' runs are recorded in two threads unless ``:serial`` (``AMBIENT_PARALLEL_SIDES=0``).
 Writes a JSON with every time, the medians and the machine.
 
     python benchmarks/bench_slider.py [--arms off:heun:18 on:heun:18 on:dpmpp_2m:10] [--port 7911]
@@ -68,8 +69,13 @@ def run_arm(arm: str, port: int, requests: int) -> dict[str, Any]:
     """Start the app with one arm's settings and time its requests."""
     from gradio_client import Client
 
-    cache, sampler, steps = arm.split(":")
-    env = {**os.environ, "AMBIENT_TRAJECTORY_CACHE_MB": "0" if cache == "off" else "128", "HF_HUB_OFFLINE": "1"}
+    cache, sampler, steps, *extra = arm.split(":")
+    env = {
+        **os.environ,
+        "AMBIENT_TRAJECTORY_CACHE_MB": "0" if cache == "off" else "128",
+        "AMBIENT_PARALLEL_SIDES": "0" if "serial" in extra else "1",
+        "HF_HUB_OFFLINE": "1",
+    }
     cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--sampler", sampler]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     try:

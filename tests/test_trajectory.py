@@ -169,3 +169,23 @@ def test_pair_side_by_side_reuses_the_recorded_runs_and_matches_fresh_sampling(t
         sigma_max=pair.sigma_max,
     )
     assert torch.equal(t.ambient, pair.codec.decode(fresh_t))
+
+
+def test_two_sides_recorded_in_two_threads_give_the_same_images(tmp_path):
+    from ambient.pair import load_pair
+    from ambient.tiny import make_tiny_pair
+
+    make_tiny_pair(tmp_path)
+    folder = tmp_path / "tiny"
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the app gives each request: the two runs then go to two threads
+    try:
+        runs = {}
+        for parallel in (True, False):
+            pair = load_pair(folder / "ambient", folder / "baseline", folder / "train.npz", folder / "index")
+            pair.trajectory_cache, pair.parallel_sides = TrajectoryCache(), parallel
+            runs[parallel] = pair.side_by_side([4, 5, 6], "", 5, Cutoff(0.3), sampler="dpmpp_2m")
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(runs[True].ambient, runs[False].ambient)
+    assert torch.equal(runs[True].baseline, runs[False].baseline)
