@@ -1,7 +1,8 @@
 """1. The side-by-side request, end to end: ``demo.handlers.Handlers.generate`` as the app calls it (2 models x 4
-images at the UI's defaults: empty prompt, 18 Heun steps, guidance 1, sigma_c at the left end, hand-over, 4
-neighbours), neighbour search included, repeated with fresh seeds (no cache hits). The library calls inside each
-request are timed in place (sampling, of which network evaluations; embedding; faiss search; ratio test; text).
+images at the UI's defaults: empty prompt, the app's sampler and its starting steps, guidance 1, sigma_c at the left
+end, hand-over, 4 neighbours), neighbour search included, plus what ``/generate`` adds (PNG encoding and JSON),
+repeated with fresh seeds (no cache hits). The library calls inside each request are timed in place (sampling, of
+which network evaluations; embedding; faiss search; ratio test; encoding).
 
     python benchmarks/bench_request.py [--quick] [--threads N] [--requests R]
 """
@@ -36,10 +37,8 @@ def app_default_pair(config: Path) -> tuple[Any, Any, str | None]:
 
 def instrument(pair: Any, probe: common.Probe) -> list[tuple[Any, str, Any]]:
     """Wrap the library calls a request makes with timers; returns what to restore."""
-    import ambient.sampling as sampling
-
-    saved = [(sampling, "sample", sampling.sample)]
-    sampling.sample = probe.wrap("sampling", sampling.sample)
+    saved = [(pair, "side_by_side", None)]
+    pair.side_by_side = probe.wrap("sampling", pair.side_by_side)
     for model in {id(pair.ambient): pair.ambient, id(pair.baseline): pair.baseline}.values():
         saved.append((model, "forward", None))
         model.forward = probe.wrap("network", model.forward, count_items=True)
@@ -71,14 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     threads = common.set_threads(args.threads)
     env = common.env_info(threads)
     n_req = args.requests or (2 if args.quick else 10)
-    steps = 2 if args.quick else 18
     from ambient.sampling import nfe
+    from demo import handlers as h
     from demo.handlers import Handlers
 
     with tempfile.TemporaryDirectory(prefix="bench-request-") as tmp:
         registry, pair, pair_info = common.load_pair(args.config, tmp, app_default_pair)
         handlers = Handlers(registry, cache_size=1)
+        steps = 2 if args.quick else h.default_steps(pair, handlers.sampler)  # the app's own start
         settings = {
+            "sampler": handlers.sampler,
             "pair": pair.name,
             "prompt": args.prompt,
             "n_images": 4,
@@ -113,28 +114,31 @@ def main(argv: list[str] | None = None) -> int:
                 probe.reset()
                 res, dt = common.timed(lambda r=r: request(20_000 + 16 * r))
                 assert not res.cached
-                totals.append(dt)
-                parts.append(dict(probe.seconds))
+                _, enc = common.timed(lambda res=res: h.result_json(res, True))  # what /generate adds: PNGs, JSON
+                totals.append(dt + enc)
+                parts.append({**probe.seconds, "encoding": enc})
                 items = dict(probe.items)
         finally:
             restore(saved)
 
     total = common.stats(totals)
-    names = ["sampling", "network", "embedding", "search", "ratio_test"]
+    names = ["sampling", "network", "embedding", "search", "ratio_test", "encoding"]
     part_median = {k: common.stats([p.get(k, 0.0) for p in parts])["median"] for k in names}
     part_median["sampler_overhead"] = max(0.0, part_median["sampling"] - part_median["network"])
     accounted = [
-        p.get("sampling", 0) + p.get("embedding", 0) + p.get("search", 0) + p.get("ratio_test", 0) for p in parts
+        p.get("sampling", 0) + p.get("embedding", 0) + p.get("search", 0) + p.get("ratio_test", 0) + p["encoding"]
+        for p in parts
     ]
     part_median["other"] = common.stats([t - a for t, a in zip(totals, accounted, strict=True)])["median"]
     image_evals = items.get("network", 0)
     rows = [
-        ["sampling (2 calls of ambient.sampling.sample)", part_median["sampling"]],
-        ["  of which network evaluations", part_median["network"]],
-        ["  of which sampler loop and step callbacks", part_median["sampler_overhead"]],
+        ["sampling (Pair.side_by_side: both runs recorded, x0_hat decoded)", part_median["sampling"]],
+        ["  of which network evaluations (summed over the two threads)", part_median["network"]],
+        ["  of which sampler loop, records and threads", part_median["sampler_overhead"]],
         ["embedding (index embedder)", part_median["embedding"]],
         ["search (faiss, search_embeddings)", part_median["search"]],
         ["ratio test (exact pixel L2)", part_median["ratio_test"]],
+        ["encoding (/generate's PNGs and JSON)", part_median["encoding"]],
         ["other (validation, trajectories, uint8, verdicts)", part_median["other"]],
         ["total", total["median"]],
     ]
@@ -144,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         [[n, f"{s:.3f}", f"{100 * s / total['median']:.0f}%"] for n, s in rows],
     )
     per_request = {
-        "network_calls": nfe(steps) * 2,
+        "network_calls": nfe(steps, handlers.sampler) * 2,
         "image_evaluations": image_evals,
         "images_embedded": items.get("embedding", 0),
         "queries_searched": items.get("search", 0),
