@@ -118,45 +118,6 @@ def log_cutoffs(n: int, lo: float = SIGMA_MIN, hi: float = SIGMA_MAX, extra: Seq
     return [*(Cutoff(v) for v in vals), Cutoff.baseline_alone()]
 
 
-def sweep_cutoff(
-    ambient: Any,
-    baseline: Any,
-    index: Any,
-    cutoffs: Sequence[Cutoff | float],
-    seeds: Sequence[int],
-    cond: torch.Tensor | None = None,
-    steps: int = 18,
-    class_ids: Sequence[int] | None = None,
-    reference: torch.Tensor | None = None,
-    classifier: Any = None,
-    guidance: float = 1.0,
-    bf16: bool = False,
-    progress: Progress | None = None,
-    size: int | None = None,
-) -> list[dict[str, Any]]:
-    """Hand-over sweep: for each cutoff, samples from (Ambient above sigma_c, baseline below) and their scores.
-
-    Each row's ``sigma_c`` is a number, or None for ``Cutoff.baseline_alone()``; ``models`` says who ran.
-    ``size``: score the samples averaged down to size x size (an upsampled pair, ``Pair.data_shape``).
-    """
-    rows = []
-    cutoffs = [c if isinstance(c, Cutoff) else Cutoff(c) for c in cutoffs]
-    for k, cut in enumerate(cutoffs):
-        inner = None
-        if progress is not None:
-
-            def inner(f: float, msg: str, k: int = k, cut: Cutoff = cut) -> None:
-                progress((k + f) / len(cutoffs), f"{cut.label()}: {msg}")
-
-        x = generate(
-            ambient, baseline, seeds, cond, steps, cut, guidance=guidance, bf16=bf16, progress=inner, size=size
-        )
-        row = {"sigma_c": cut.to_json(), "models": cut.label()}
-        row.update(score_samples(x, index, class_ids, reference, classifier))
-        rows.append(row)
-    return rows
-
-
 def nearest_along(index: Any, estimates: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
     """Nearest training image of every step's estimate x0_hat: (similarity, position) arrays of shape
     (steps, batch), from one index search over all of them."""

@@ -9,7 +9,7 @@ import torch
 from ambient.cutoff import Cutoff
 from ambient.data import upsample_pixels
 from ambient.denoiser import build_unet
-from ambient.evaluate import generate, sweep_cutoff
+from ambient.evaluate import generate
 from ambient.pair import PairProblem, assemble
 from demo.handlers import Handlers, _u8
 from demo.pairs import PairRegistry
@@ -67,7 +67,7 @@ def test_library_sweep_and_generate_score_at_the_data_size(H):
     p = H.pair("up2")
     x = generate(p.baseline, None, [0, 1], None, 6, size=32)
     assert x.shape == (2, 1, 32, 32)
-    rows = sweep_cutoff(p.ambient, p.baseline, p.index, [1.0, Cutoff.baseline_alone()], [0, 1], None, 4, size=32)
+    rows = p.sweep_cutoff([1.0, Cutoff.baseline_alone()], [0, 1], None, 4)
     assert rows[-1]["models"] == "the baseline alone" and rows[-1]["rate_similarity"]["0.95"] == 1.0
     lv = H.live_sweep("up2", 2, 2, 2)
     assert lv.rows[-1]["rate_similarity"]["0.95"] == 1.0
