@@ -151,10 +151,18 @@ def _hover(p: dict[str, Any], title: str) -> str:
     lo, hi = p["rate_ratio_ci95"]
     step = f"step {p['step']:,}" if p.get("step") is not None else "final model"
     run = Path(str(p.get("run") or "")).name
+    fd = f"Frechet distance {p['frechet_distance']:.2f}"
+    if p.get("frechet_ci95"):
+        fd += f" (95 %: {p['frechet_ci95'][0]:.2f}-{p['frechet_ci95'][1]:.2f})"
+    extra = ""
+    if p.get("frechet_novel") is not None:
+        extra += f"<br>novel samples alone ({p.get('n_novel')}): Frechet distance {p['frechet_novel']:.2f}"
+    if p.get("precision") is not None:
+        extra += f"<br>precision {p['precision']:.2f}, recall {p['recall']:.2f}"
     return (
         f"<b>{escape(title)}</b><br>run {escape(run)}: {escape(str(p.get('label', '')))}<br>{step}<br>"
         f"copies {100 * p['rate_ratio']:.1f} % (95 %: {100 * lo:.1f}-{100 * hi:.1f})<br>"
-        f"Frechet distance {p['frechet_distance']:.2f}<br>{p.get('n', '?')} samples"
+        f"{fd}{extra}<br>{p.get('n', '?')} samples"
     )
 
 

@@ -20,9 +20,9 @@ def shipped():
 
 
 def test_high_noise_pair_defaults_to_a_hand_over_at_sigma_n(shipped):
-    p = shipped.pair("fmnist-100-highnoise-early")
+    p = shipped.pair("fmnist-100-highnoise")
     assert p.regime == "high" and p.sigma_n == pytest.approx(0.5)
-    r = shipped.generate("fmnist-100-highnoise-early", "", 3, 1, 2, 1.0, None, "handover")
+    r = shipped.generate("fmnist-100-highnoise", "", 3, 1, 2, 1.0, None, "handover")
     assert r.cutoff == Cutoff(0.5, "handover")  # not sigma_min, below the range it was trained on
     assert h.slider_start(p) == pytest.approx(-0.30103, abs=1e-4)  # log10(0.5)
     assert {t["model"] for t in r.ambient[0].trajectory} == {"ambient", "baseline"}
@@ -30,18 +30,20 @@ def test_high_noise_pair_defaults_to_a_hand_over_at_sigma_n(shipped):
 
 def test_high_noise_pair_refuses_a_cutoff_below_sigma_n(shipped):
     with pytest.raises(InputError, match="trained only at sigma >= sigma_n = 0.5"):
-        shipped.generate("fmnist-100-highnoise-early", "", 3, 1, 2, 1.0, 0.002, "handover")
+        shipped.generate("fmnist-100-highnoise", "", 3, 1, 2, 1.0, 0.002, "handover")
     with pytest.raises(InputError, match="trained only at sigma >= sigma_n = 0.5"):
-        shipped.generate("fmnist-100-highnoise-early", "", 3, 1, 2, 1.0, 0.1, "truncate")
-    p = shipped.pair("fmnist-100-highnoise-early")
+        shipped.generate("fmnist-100-highnoise", "", 3, 1, 2, 1.0, 0.1, "truncate")
+    p = shipped.pair("fmnist-100-highnoise")
     assert "not available for this pair" in h.cutoff_label(0.1, p)
 
 
 def test_one_network_pair_defaults_to_ambient_alone_and_the_right_end_is_the_baseline(shipped):
-    p = shipped.pair("fmnist-100")
-    r = shipped.generate("fmnist-100", "", 3, 1, 2, 1.0, None, "handover")
+    name = shipped.registry.default  # one network trained at every noise level
+    p = shipped.pair(name)
+    assert p.regime == "all"
+    r = shipped.generate(name, "", 3, 1, 2, 1.0, None, "handover")
     assert r.cutoff.is_ambient_alone and h.slider_start(p) == h.slider_range(p)[0]
-    r = shipped.generate("fmnist-100", "", 3, 1, 2, 1.0, p.sigma_max, "handover")
+    r = shipped.generate(name, "", 3, 1, 2, 1.0, p.sigma_max, "handover")
     assert r.cutoff.is_baseline_alone
     assert (r.ambient[0].image == r.baseline[0].image).all()  # the baseline alone on both sides, same seed
 
@@ -52,7 +54,9 @@ def test_the_ends_in_the_error_message_act_as_named_for_a_range_with_long_decima
     import dataclasses
     import re
 
-    p = dataclasses.replace(shipped.pair("fmnist-100"), sigma_min=0.029167536646127701, sigma_max=14.614640235900879)
+    p = dataclasses.replace(
+        shipped.pair(shipped.registry.default), sigma_min=0.029167536646127701, sigma_max=14.614640235900879
+    )
     with pytest.raises(InputError) as e:
         h.check_cutoff(15.0, "handover", p)
     m = re.search(r"from ([\d.]+) \(Ambient alone\) to ([\d.]+) \(baseline alone\)", str(e.value))

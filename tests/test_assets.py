@@ -53,14 +53,23 @@ def test_shipped_index_matches_training_images():
 
 
 def test_shipped_evaluation_and_cards():
-    report = json.loads((PAIR / "eval" / "report.json").read_text())
-    for name in ("reference", "baseline", "ambient"):
-        assert 0 <= report[name]["rate_similarity"]["0.95"] <= 1
-    assert len(report["sweep"]) >= 8
-    assert (PAIR / "eval" / "sweep.png").stat().st_size > 10_000
-    for name in ("ambient", "baseline"):
-        card = (PAIR / name / "README.md").read_text()
-        assert "Reproduce" in card and "ratio test" in card
+    for entry in SHIPPED:
+        report = json.loads((ASSETS / entry["sweep"]).with_name("report.json").read_text())
+        for name in ("reference", "baseline", "ambient"):
+            assert 0 <= report[name]["rate_similarity"]["0.95"] <= 1
+        assert len(report["sweep"]) >= 8
+        assert (ASSETS / entry["sweep_plot"]).stat().st_size > 10_000
+        assert (ASSETS / entry["card"]).is_file(), entry["name"]
+        for side in ("ambient", "baseline"):
+            card = (ASSETS / entry[side] / "README.md").read_text()
+            assert "Reproduce" in card and "ratio test" in card, entry[side]
+
+
+def test_every_shipped_model_folder_belongs_to_a_pair():
+    """A model folder no pair in pairs.json uses is dead weight in the 50 MiB budget (retired pairs leave)."""
+    used = {ASSETS / p[side] for p in SHIPPED for side in ("ambient", "baseline")}
+    folders = {c.parent for c in ASSETS.rglob("ambient_config.json")}
+    assert folders == used, f"model folders no pair uses: {sorted(map(str, folders - used))}"
 
 
 def test_assets_stay_small():

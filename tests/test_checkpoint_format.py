@@ -161,8 +161,9 @@ def test_every_shipped_model_loads_with_diffusers_and_gives_our_outputs(folder):
 
 
 def test_the_shipped_pair_is_all_in_the_new_layout():
-    names = {p.name for p in SHIPPED}
-    assert {"baseline", "ambient", "ambient_high", "ambient_high_1500"} <= names
+    pairs = json.loads((ASSETS / "pairs.json").read_text())["pairs"]
+    named = {ASSETS / p[side] for p in pairs for side in ("ambient", "baseline")}
+    assert named and named <= set(SHIPPED)  # every folder a pair names is a model in the new layout
     old = [p for p in ASSETS.rglob(LEGACY_CONFIG_NAME) if is_model_dir(p.parent)]
     assert old == [], f"model folders still in the older layout: {old}"
 

@@ -31,3 +31,16 @@ def test_trajectory_figures_render_concurrently_with_plain_tick_labels():
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_frontier_hover_shows_the_quality_figures_a_study_carries():
+    from demo.plots import _hover
+
+    old = {"rate_ratio": 0.5, "rate_ratio_ci95": [0.45, 0.55], "frechet_distance": 4.2, "step": 6000, "n": 256}
+    text = _hover(old, "baseline")
+    assert "copies 50.0 % (95 %: 45.0-55.0)" in text and "Frechet distance 4.20<br>" in text
+    assert "novel" not in text and "precision" not in text  # older studies carry neither
+    new = {**old, "frechet_ci95": [3.1, 5.3], "frechet_novel": 9.4, "n_novel": 128, "precision": 0.91, "recall": 0.28}
+    text = _hover(new, "baseline")
+    assert "Frechet distance 4.20 (95 %: 3.10-5.30)" in text
+    assert "novel samples alone (128): Frechet distance 9.40" in text and "precision 0.91, recall 0.28" in text

@@ -137,9 +137,10 @@ def test_the_shipped_cards_measured_table_is_the_report_of_that_model():
     from ambient.denoiser import EDMDenoiser
 
     pair = ROOT / "assets" / "fmnist-100"
-    report = json.loads((pair / "eval" / "report.json").read_text())
+    report = json.loads((pair / "eval_up2_s4_seed1" / "report.json").read_text())  # the default pair's
+    folders = {side: Path(report["settings"][side]).name for side in ("baseline", "ambient")}
     for name in ("baseline", "ambient"):
-        model = EDMDenoiser.from_pretrained(pair / name)
+        model = EDMDenoiser.from_pretrained(pair / folders[name])
         card = measured_card(name, model, report, "python scripts/ship_pair.py --n 1000")
         row, ref = report[name], report["reference"]
         assert card.startswith(f"# {name}\n") and card.rstrip().endswith(
@@ -153,7 +154,7 @@ def test_the_shipped_cards_measured_table_is_the_report_of_that_model():
         assert f"## Measured ({report['settings']['n']} samples" in card
         assert ("plain EDM loss" in card) == (name == "baseline")
     # the generated card of a folder without one: what save_pretrained writes
-    card = EDMDenoiser.from_pretrained(pair / "ambient").model_card(title="ambient")
+    card = EDMDenoiser.from_pretrained(pair / folders["ambient"]).model_card(title="ambient")
     assert card.startswith("---\n") and "# ambient\n" in card and "- Loss: ambient, sigma_n = " in card
 
 

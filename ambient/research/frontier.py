@@ -79,6 +79,13 @@ def _point(row: dict[str, Any], label: str, study: str, kind: str) -> dict[str, 
         "rate_cos_0.95": float(row["rate_similarity"]["0.95"]),
         "frechet_distance": float(row["frechet_distance"]),
         "prompt_fidelity": row.get("prompt_fidelity"),
+        # scored since the studies carry them (None in older studies): the distance's interval, the novel samples'
+        # distance, precision and recall (docs/method.md)
+        "frechet_ci95": row.get("frechet_ci95"),
+        "frechet_novel": row.get("frechet_novel"),
+        "n_novel": row.get("n_novel"),
+        "precision": row.get("precision"),
+        "recall": row.get("recall"),
     }
 
 
