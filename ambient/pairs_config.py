@@ -2,11 +2,11 @@
 
 Config format (paths relative to the config file's folder; ``hub:owner/name`` for a Hugging Face hub id)::
 
-    {"default": "fmnist-100",
-     "pairs": [{"name": "fmnist-100", "title": "Fashion-MNIST, 100 training images", "kind": "edm",
-                "ambient": "fmnist-100/ambient", "baseline": "fmnist-100/baseline",
+    {"default": "fmnist-100-highnoise",
+     "pairs": [{"name": "fmnist-100-highnoise", "title": "Fashion-MNIST, 100 training images", "kind": "edm",
+                "ambient": "fmnist-100/ambient_high", "baseline": "fmnist-100/baseline",
                 "train_data": "fmnist-100/train.npz", "index": "fmnist-100/index",
-                "sweep": "fmnist-100/eval/sweep.json", "sweep_plot": "fmnist-100/eval/sweep.png",
+                "sweep": "fmnist-100/eval_high/sweep.json", "sweep_plot": "fmnist-100/eval_high/sweep.png",
                 "text_model": "all-MiniLM-L6-v2"}]}
 
 Optional keys: ``sigma_n`` (else read from the Ambient model's config meta), ``reference_data`` (held-out

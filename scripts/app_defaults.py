@@ -7,7 +7,8 @@ cosine) are counted, with 95 % bootstrap intervals, and the Frechet distance of 
 held-out test images.
 
 Usage:
-  python scripts/app_defaults.py --pair fmnist-100 --n 512 --out assets/fmnist-100/studies/app_defaults.json
+  python scripts/app_defaults.py --pair fmnist-100-64-seed1 --n 512 \\
+      --out assets/fmnist-100/studies/app_defaults_fmnist-100-64-seed1.json
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ training images' size; their sigmas are on the fine grid (K times the content's)
 
 Usage (models by name=folder, configurations as "label=model@2,model@0.5,model@0" from the top band down):
   python scripts/band_probe.py assets/fmnist-100 --n 256 \\
-      --model baseline=assets/fmnist-100/baseline --model early=assets/fmnist-100/ambient_high_1500 \\
-      --config "all baseline=baseline@0" --config "early in 0.5-2=baseline@2,early@0.5,baseline@0" \\
-      --out assets/fmnist-100/studies/band_probe.json
+      --model baseline=assets/fmnist-100/baseline --model high=assets/fmnist-100/ambient_high \\
+      --config "all baseline=baseline@0" --config "high in 0.5-2=baseline@2,high@0.5,baseline@0" \\
+      --out assets/fmnist-100/studies/band_probe_high.json
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ give bit-identical outputs and weights), and only then renamed into place; a fol
 as it was. Folders already in the new layout are checked and left alone, so a second run changes nothing.
 A README.md already in a folder keeps its text under refreshed Hub metadata.
 
-python scripts/convert_checkpoints.py assets/fmnist-100/baseline assets/fmnist-100/ambient
+python scripts/convert_checkpoints.py assets/fmnist-100/baseline assets/fmnist-100/ambient_high
 python scripts/convert_checkpoints.py --dry-run runs/          # list what would be converted
 """
 

@@ -6,8 +6,8 @@ pair's training images: prompt fidelity (the project's Fashion-MNIST classifier 
 class), the ratio test with its 95 % bootstrap interval, cosine > 0.95 and the Frechet distance.
 
 Usage:
-  python scripts/guidance_probe.py --pair fmnist-100 --guidance 1 1.5 2 3 --n 256 \\
-      --out assets/fmnist-100/studies/guidance_probe.json
+  python scripts/guidance_probe.py --pair fmnist-100-64-seed1 --guidance 1 1.5 2 3 --n 256 \\
+      --out assets/fmnist-100/studies/guidance_probe_fmnist-100-64-seed1.json
 """
 
 from __future__ import annotations

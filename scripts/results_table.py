@@ -37,15 +37,19 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|")
     print(row("held-out real test images (reference)", main_r["reference"]))
     print(row("baseline (EDM loss)", main_r["baseline"]))
-    print(row(f"Ambient, one network, sigma_n = {s['sigma_n']}", main_r["ambient"]))
+    retired = "" if (pair / Path(s["ambient"]).name).is_dir() else " (model retired from the app)"
+    print(row(f"Ambient, one network, sigma_n = {s['sigma_n']}{retired}", main_r["ambient"]))
     for folder in sorted(pair.glob("eval_high*")):  # high-noise-only variants (eval_high_1500: an early snapshot)
         h = json.loads((folder / "report.json").read_text())
         hs = h["settings"]
         cut = hs.get("ambient_sigma_c", hs["sigma_n"])
         model = pair / folder.name.replace("eval", "ambient", 1)  # eval_high_1500 -> ambient_high_1500
-        cfg = model / "ambient_config.json"  # an older model folder: config.json
-        steps = json.loads((cfg if cfg.is_file() else model / "config.json").read_text())["meta"]["steps"]
-        print(row(f"Ambient, high-noise-only ({steps:,} steps), hand-over at {cut}", h["ambient"]))
+        cfg = next((c for c in (model / "ambient_config.json", model / "config.json") if c.is_file()), None)
+        if cfg is None:  # a retired model: its report stays as the record, its folder left assets/
+            what = f"{folder.name}, model retired from the app"
+        else:
+            what = f"{json.loads(cfg.read_text())['meta']['steps']:,} steps"
+        print(row(f"Ambient, high-noise-only ({what}), hand-over at {cut}", h["ambient"]))
     print()
     print(
         f"{s['n']} samples per row (prompts spread over the 10 classes, every 11th unconditional), EDM Heun "

@@ -173,3 +173,30 @@ def test_truncate_probe_scores_each_model_at_each_cutoff(tiny, tmp_path):
     ]
     assert all(r["n"] == 3 and 0 <= r["rate_ratio"] <= 1 and r["frechet_distance"] > 0 for r in rows)
     assert data["command"].startswith("python ")
+
+
+def test_results_table_keeps_the_rows_of_retired_models(tmp_path, monkeypatch, capsys):
+    """Evaluation reports stay when their models leave assets/: the table still prints them, marked retired."""
+    import json
+    import shutil
+
+    shipped = ROOT / "assets" / "fmnist-100"
+    pair = tmp_path / "pair"
+    for src, dst in (("eval", "eval"), ("eval_high", "eval_high"), ("eval_high_1500", "eval_high_early")):
+        (pair / dst).mkdir(parents=True)
+        shutil.copy(shipped / src / "report.json", pair / dst / "report.json")
+    (pair / "ambient_high").mkdir()
+    (pair / "ambient_high" / "ambient_config.json").write_text(json.dumps({"meta": {"steps": 1234}}))
+    monkeypatch.setattr("sys.argv", ["results_table.py", str(pair)])
+    assert _script("results_table").main() == 0
+    rows = [x for x in capsys.readouterr().out.splitlines() if x.startswith("| Ambient")]
+    main = json.loads((pair / "eval" / "report.json").read_text())
+    assert rows[0].startswith(f"| Ambient, one network, sigma_n = {main['settings']['sigma_n']} (model retired")
+    assert rows[1].startswith("| Ambient, high-noise-only (1,234 steps), hand-over at 0.5 |")
+    early = json.loads((pair / "eval_high_early" / "report.json").read_text())["ambient"]
+    assert rows[2] == (
+        "| Ambient, high-noise-only (eval_high_early, model retired from the app), hand-over at 0.5 "
+        f"| {100 * early['rate_ratio']:.1f} % | {100 * early['rate_similarity']['0.95']:.1f} % "
+        f"| {100 * early['rate_similarity']['0.9']:.1f} % | {early['mean_similarity']:.3f} "
+        f"| {early['frechet_distance']:.2f} | {100 * early['prompt_fidelity']:.1f} % |"
+    )
