@@ -36,13 +36,14 @@ def measure(H, pair_name: str | None, n: int, seed: int) -> dict:  # noqa: ANN00
     """n samples a side through ``H.generate`` at the UI's defaults, and n held-out test images, scored alike."""
     from ambient.data import heldout_reference
     from ambient.memorization.metrics import bootstrap_rate_ci, novel_frechet_report
-    from demo.handlers import MAX_IMAGES
+    from demo.handlers import MAX_IMAGES, default_steps
 
     pair = H.pair(pair_name)
     sides: dict[str, list] = {"ambient": [], "baseline": []}
     cutoff = None
+    steps = default_steps(pair, H.sampler)  # where the app's step slider starts
     for start in range(0, n, MAX_IMAGES):
-        r = H.generate(pair.name, "", seed + start, min(MAX_IMAGES, n - start), pair.default_steps)
+        r = H.generate(pair.name, "", seed + start, min(MAX_IMAGES, n - start), steps)
         cutoff = r.cutoff
         sides["ambient"] += r.ambient
         sides["baseline"] += r.baseline
@@ -52,6 +53,8 @@ def measure(H, pair_name: str | None, n: int, seed: int) -> dict:  # noqa: ANN00
         "pair": pair.name,
         "cutoff": cutoff.label() if cutoff else None,
         "n": n,
+        "sampler": H.sampler,
+        "steps": steps,
         "first_seed": seed,
         "ratio_threshold": float(getattr(pair.index, "ratio_threshold", 1 / 3)),
         "cosine_threshold": float(getattr(pair.index, "threshold", 0.95)),
