@@ -258,7 +258,8 @@ def plot_frontier(
 
 
 def shipped_marks(pair_dir: str | Path) -> list[dict[str, Any]]:
-    """The shipped pairs' evaluated models (``eval*/report.json``) as marks for the frontier plot."""
+    """The evaluated models (``eval*/report.json``) as marks for the frontier plot: "shipped" while the model
+    folder is in ``pair_dir``, "retired" once it has left."""
     marks = []
     for report in sorted(Path(pair_dir).glob("eval*/report.json")):
         rep = json.loads(report.read_text())
@@ -268,11 +269,13 @@ def shipped_marks(pair_dir: str | Path) -> list[dict[str, Any]]:
                 continue
             folder = Path(str((rep.get("settings") or {}).get(side) or side)).name  # e.g. baseline_up2
             name = folder if side == "baseline" else f"ambient ({report.parent.name})"
+            shipped = (Path(pair_dir) / folder).is_dir()  # a model retired from assets/ keeps its mark, so labelled
+            prefix = "shipped" if shipped else "retired"
             n = int(r.get("n") or r.get("n_samples"))
             ci = ratio_interval(r)
             marks.append(
                 {
-                    "label": f"shipped {name}",
+                    "label": f"{prefix} {name}",
                     "report": str(report),
                     "side": side,
                     "n": n,
