@@ -252,6 +252,7 @@ class GenerateResult:
     notes: list[str] = field(default_factory=list)
     cached: bool = False
     cutoff: Cutoff = field(default_factory=Cutoff.ambient_alone)
+    sampler: str = "heun"
 
 
 @dataclass
@@ -502,6 +503,7 @@ class Handlers:
             sigma_c=min(max(cut.sigma_c, p.sigma_min), p.sigma_max),  # the slider position it stands for
             mode=cut.mode,
             cutoff=cut,
+            sampler=req.get("sampler", "heun"),
             ambient=[Sample(s, u_a[i], v_a[i], traj["ambient"][i]) for i, s in enumerate(seeds)],
             baseline=[Sample(s, u_b[i], v_b[i], traj["baseline"][i]) for i, s in enumerate(seeds)],
             threshold=_threshold(p),
@@ -654,6 +656,10 @@ def copies_line(result: GenerateResult) -> str:
 def _side_note(result: GenerateResult) -> str:
     if result.mode == "truncate":
         return f" (truncated at sigma_c = {result.sigma_c:.3g})"
+    if result.cutoff.is_ambient_alone:
+        return " (alone)"
+    if result.cutoff.is_baseline_alone:
+        return " (the baseline alone: the cutoff is at the right end)"
     return f" (hand-over at sigma_c = {result.sigma_c:.3g})"
 
 
@@ -666,7 +672,8 @@ def summary_markdown(result: GenerateResult) -> str:
         copy_rule(
             result.ambient[0].verdict.primary if result.ambient else "similarity", result.metric, result.threshold
         ),
-        f"Prompt {prompt}, seeds {result.ambient[0].seed}..{result.ambient[-1].seed}, {result.steps} Heun steps, "
+        f"Prompt {prompt}, seeds {result.ambient[0].seed}..{result.ambient[-1].seed}, {result.steps} "
+        f"{SAMPLER_NAMES.get(result.sampler, result.sampler)} steps, "
         f"guidance {result.guidance:g}, {'cached' if result.cached else f'{result.seconds:.1f} s'}.",
     ]
     lines += [f"*{n}*" for n in result.notes]
@@ -742,6 +749,7 @@ def result_json(result: GenerateResult, with_images: bool = False) -> dict[str, 
         "seed": result.seed,
         "seeds": [s.seed for s in result.ambient],
         "steps": result.steps,
+        "sampler": result.sampler,
         "guidance": result.guidance,
         "sigma_c": result.sigma_c,
         "mode": result.mode,
