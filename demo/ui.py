@@ -179,7 +179,7 @@ def headline_markdown(H: Handlers, name: str | None) -> str:
         summary = summary.split(". ")[0].rstrip(".") + "."
     if summary.lower().startswith("measured"):
         return summary
-    return f"**Measured** {summary[0].lower()}{summary[1:]}"  # "Measured through these settings, ..."
+    return f"**Measured** {summary[0].lower()}{summary[1:]}"  # "Measured with the empty prompt (Heun, ...), ..."
 
 
 def card_markdown(H: Handlers, name: str | None) -> str:
