@@ -75,6 +75,7 @@ from ambient.io import (
 from ambient.io import read_json as _read_json
 from ambient.losses import P_MEAN, P_STD, ambient_loss, edm_loss, fixed_noise, sample_sigmas
 from ambient.training import (
+    LoopConfig,
     Task,
     TrainingLoop,
     check_loss_settings,
@@ -113,7 +114,7 @@ HUB_PATTERNS = [  # what a hub download fetches: each component's config and saf
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(LoopConfig):
     """Everything a fine-tuning run depends on; written into every checkpoint and the exported JSON."""
 
     pretrained: str = option(

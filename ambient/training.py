@@ -98,12 +98,51 @@ def check_loss_settings(cfg: Any) -> None:
 
 
 @dataclass
-class TrainConfig:
-    """Everything a pixel run depends on; written into every checkpoint and exported model."""
+class LoopConfig:
+    """What the one training loop reads, with the pixel task's defaults: the loss and its cutoff, the optimiser and
+    its schedule, the EMA, the noise levels, precision, checkpoints and logging. ``TrainConfig`` (pixels) and
+    ``ambient.latent.FinetuneConfig`` (latent pipelines) extend it with their data and models (and their defaults)."""
 
     out: str = option(
         "runs/model", "run folder: checkpoint/ (to resume), model/ (the exported EMA model) and snapshots/ go here"
     )
+    loss: str = option(
+        "baseline", "'baseline' (EDM) or 'ambient' (above sigma_n only fixed noisy copies of the data are seen)"
+    )
+    sigma_n: float = option(
+        0.0, "noise level of the fixed noisy copies; the ambient loss needs it > 0, the baseline loss takes none"
+    )
+    steps: int = option(1000, "optimiser steps in all; a resumed run continues up to this")
+    batch: int = option(64, "images per step (split across processes under torchrun)")
+    lr: float = option(2e-4, "peak learning rate")
+    warmup: int = option(200, "steps of linear learning-rate warm-up")
+    lr_decay: str = option("none", "learning rate after warm-up: 'none' (constant) or 'cosine' (down to 0 at --steps)")
+    ema: float = option(
+        0.999, "decay of the exponential moving average of the weights (the exported model is the average)"
+    )
+    seed: int = option(0, "seed of the initial weights, batches, noise levels and each training image's fixed noise")
+    caption_dropout: float = option(
+        0.1, "probability that a training image's caption is dropped (for classifier-free guidance)"
+    )
+    weight_decay: float = option(0.0, "decoupled weight decay (AdamW); 0 is plain Adam")
+    max_grad_norm: float = option(0.0, "clip the gradient norm to this (0: no clipping)")
+    p_mean: float = option(-1.2, "mean of ln(sigma) of the training noise levels: ln(sigma) ~ Normal(p_mean, p_std)")
+    p_std: float = option(1.2, "standard deviation of ln(sigma) of the training noise levels")
+    high_weight: str = option(
+        "edm",
+        "loss weight above sigma_n: 'edm' (EDM's) or 'ambient4' (EDM's times sigma^4 / (sigma^2 - sigma_n^2)^2, at most 100)",
+    )
+    precision: str = option("auto", "'auto' (bf16 where the device has it natively), 'bf16' or 'fp32'")
+    checkpoint_every: int = option(250, "write a resumable checkpoint every this many steps (and at the end)")
+    snapshot_every: int = option(0, "also export the model to snapshots/step_NNNNNN every this many steps (0: never)")
+    log_every: int = option(50, "log the mean loss and images/s every this many steps")
+    progress: bool = option(True, "show a progress bar (--no-progress: a log line every --log-every steps)")
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """Everything a pixel run depends on; written into every checkpoint and exported model."""
+
     data: str = option(
         "fashion-mnist", "training data: 'fashion-mnist', 'fashion-mnist:FOLDER', a .npz file or an image folder"
     )
@@ -118,32 +157,14 @@ class TrainConfig:
         1,
         "side of the network's space-to-depth stem: each patch x patch block of pixels is one input position, so a step at 64 x 64 with patch 2 costs about what one at 32 x 32 costs",
     )
-    loss: str = option(
-        "baseline", "'baseline' (EDM) or 'ambient' (above sigma_n only fixed noisy copies of the data are seen)"
-    )
-    sigma_n: float = option(
-        0.0, "noise level of the fixed noisy copies; the ambient loss needs it > 0, the baseline loss takes none"
-    )
     regime: str = option(
         "all",
         "'all' (one network for every sigma) or 'high' (only sigma >= sigma_n: a high-noise-only Ambient network)",
     )
-    steps: int = option(1000, "optimiser steps in all; a resumed run continues up to this")
-    batch: int = option(64, "images per step (split across processes under torchrun)")
-    lr: float = option(2e-4, "peak learning rate")
-    warmup: int = option(200, "steps of linear learning-rate warm-up")
-    lr_decay: str = option("none", "learning rate after warm-up: 'none' (constant) or 'cosine' (down to 0 at --steps)")
-    ema: float = option(
-        0.999, "decay of the exponential moving average of the weights (the exported model is the average)"
-    )
-    seed: int = option(0, "seed of the initial weights, batches, noise levels and each training image's fixed noise")
     text_model: str | None = option(
         "all-MiniLM-L6-v2",
         "sentence encoder of the class captions, or 'none' for an unconditional model",
         none=("none", "", "None"),
-    )
-    caption_dropout: float = option(
-        0.1, "probability that a training image's caption is dropped (for classifier-free guidance)"
     )
     block_out_channels: list[int] = option([32, 64, 64], "channels of the UNet's resolution levels, finest first")
     layers_per_block: int = option(1, "ResNet layers per UNet block")
@@ -151,20 +172,7 @@ class TrainConfig:
         "default", "'default' (the noise/text embedding is added) or 'scale_shift' (FiLM after GroupNorm)"
     )
     dropout: float = option(0.0, "dropout in the UNet's ResNet blocks, in [0, 1)")
-    weight_decay: float = option(0.0, "decoupled weight decay (AdamW); 0 is plain Adam")
-    max_grad_norm: float = option(0.0, "clip the gradient norm to this (0: no clipping)")
-    p_mean: float = option(-1.2, "mean of ln(sigma) of the training noise levels: ln(sigma) ~ Normal(p_mean, p_std)")
-    p_std: float = option(1.2, "standard deviation of ln(sigma) of the training noise levels")
-    high_weight: str = option(
-        "edm",
-        "loss weight above sigma_n: 'edm' (EDM's) or 'ambient4' (EDM's times sigma^4 / (sigma^2 - sigma_n^2)^2, at most 100)",
-    )
     compile: bool = option(False, "torch.compile the network (pays off on GPUs and long CPU runs)")
-    precision: str = option("auto", "'auto' (bf16 where the device has it natively), 'bf16' or 'fp32'")
-    checkpoint_every: int = option(250, "write a resumable checkpoint every this many steps (and at the end)")
-    snapshot_every: int = option(0, "also export the model to snapshots/step_NNNNNN every this many steps (0: never)")
-    log_every: int = option(50, "log the mean loss and images/s every this many steps")
-    progress: bool = option(True, "show a progress bar (--no-progress: a log line every --log-every steps)")
 
     # settings a resumed run must share with its checkpoint (the others say how long, how often, how shown)
     RESUME_KEYS: ClassVar[tuple[str, ...]] = (
