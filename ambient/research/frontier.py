@@ -51,6 +51,12 @@ def describe_config(cfg: dict[str, Any], ev: dict[str, Any] | None = None) -> st
         extras.append(f"trained at {k}x the pixels per side (scored at {cfg.get('image_size', 32)})")
     if cfg.get("patch", 1) != 1:
         extras.append(f"{cfg['patch']}x{cfg['patch']} patch stem")
+    if cfg.get("lr_decay", "none") != "none":
+        extras.append(f"{cfg['lr_decay']} lr decay")
+    if cfg.get("ema", 0.999) != 0.999:
+        extras.append(f"EMA {cfg['ema']:g}")
+    if cfg.get("block_out_channels", [32, 64, 64]) != [32, 64, 64]:
+        extras.append("channels " + "/".join(str(c) for c in cfg["block_out_channels"]))
     if ev and ev.get("baseline") and ev.get("sigma_c"):
         extras.append(f"hand-over at {ev['sigma_c']:g}")
     return label + (", " + ", ".join(extras) if extras else "")
