@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-request-") as tmp:
         registry, pair, pair_info = common.load_pair(args.config, tmp, app_default_pair)
         handlers = Handlers(registry, cache_size=1)
-        steps = 2 if args.quick else h.default_steps(pair, handlers.sampler)  # the app's own start
+        steps = 2 if args.quick else pair.start_steps(handlers.sampler)  # the app's own start
         settings = {
             "sampler": handlers.sampler,
             "pair": pair.name,

@@ -28,6 +28,7 @@ from PIL import Image
 
 from ambient import images
 from ambient.cutoff import Cutoff
+from ambient.pair import DEFAULT_SAMPLER
 from demo.pairs import ModelPair, PairError, PairRegistry
 
 MAX_IMAGES = 8
@@ -41,12 +42,7 @@ MAX_SWEEP_SEEDS = 256
 DISPLAY_SIZE = 128
 THUMB_SIZE = 64
 DEFAULT_K = 4
-# The app's solver: DPM-Solver++(2M) at 20 steps kept the default pair's copy rates and Frechet distances inside
-# the intervals of Heun at 18 (1,000 samples a side, the same seeds; the Ambient model's distance 5.18 against 5.10)
-# with 20 network evaluations instead of 35; at 14 steps the Ambient model's distance moved to 5.62 (benchmarks/README.md).
-DEFAULT_SAMPLER = "dpmpp_2m"
 SAMPLER_NAMES = {"heun": "Heun", "euler": "Euler", "dpmpp_2m": "DPM-Solver++ 2M"}
-DPM_STEPS_PER_HEUN_STEP = 20 / 18  # the measured match above
 MODES = ("handover", "truncate")
 
 StepCallback = Callable[[str, dict[str, Any]], None]
@@ -104,13 +100,6 @@ def check_float(value: Any, name: str, lo: float, hi: float) -> float:
     if not lo <= value <= hi:
         raise InputError(f"{name} must be from {lo:g} to {hi:g}, got {value:g}.")
     return value
-
-
-def default_steps(pair: ModelPair, sampler: str) -> int:
-    """The steps a request starts with: the pair's own (set for Heun), and for DPM-Solver++(2M) in the measured
-    proportion (20 for 18: 20 network evaluations against Heun's 35)."""
-    steps = int(pair.default_steps)
-    return steps if sampler == "heun" else max(1, round(steps * DPM_STEPS_PER_HEUN_STEP))
 
 
 def check_sampler(sampler: Any) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import re
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -11,8 +9,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-AMBIENT_COLOR = "#1f77b4"
-BASELINE_COLOR = "#d62728"
+from ambient.research.frontier import AMBIENT_COLOR, BASELINE_COLOR
 
 
 def plain_log_axis(axis: Any) -> None:
@@ -122,28 +119,6 @@ def sweep_figure(rows: list[dict[str, Any]], sigma_n: float | None = None, title
 # ------------------------------------------------------------------------------ interactive figures (plotly)
 
 FRONTIER_TICKS = [1, 2, 3, 5, 7, 10, 20, 30, 50, 100]
-
-
-def shipped_runs(models_dir: str | Path, ambient: str, baseline: str) -> dict[str, tuple[str, int | None]]:
-    """The training runs (and snapshot steps) a pair's two model folders were shipped from, by side, as the
-    ``SHIPPED.json`` beside them records it (later entries win); sides it does not name are left out."""
-    path = Path(models_dir) / "SHIPPED.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    models: dict[str, str] = {}
-    for entry in [*(data.get("history") or []), data]:
-        if isinstance(entry, dict) and isinstance(entry.get("models"), dict):
-            models.update({str(k): str(v) for k, v in entry["models"].items()})
-    out: dict[str, tuple[str, int | None]] = {}
-    for side, folder in (("ambient", ambient), ("baseline", baseline)):
-        src = models.get(Path(folder).name)
-        if not src:
-            continue
-        m = re.match(r"^(.*?)/(?:snapshots/step_0*(\d+)|model)/?$", src)
-        out[side] = (m.group(1), int(m.group(2)) if m.group(2) else None) if m else (src, None)
-    return out
 
 
 def _hover(p: dict[str, Any], title: str) -> str:

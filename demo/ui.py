@@ -16,11 +16,12 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from ambient.research.frontier import shipped_runs
 from demo import compare as cmp
 from demo import handlers as h
 from demo.handlers import Handlers, InputError
 from demo.pairs import ModelPair, PairError
-from demo.plots import frontier_figure, shipped_runs, similarity_figure, sweep_figure, trajectory_figure
+from demo.plots import frontier_figure, similarity_figure, sweep_figure, trajectory_figure
 
 CSS = """
 .banner {padding: 2px 8px; border-radius: 6px; background: #eef4ff; border: 1px solid #c9dafc; font-size: 12px;}
@@ -404,7 +405,7 @@ def _generate_tab(first: ModelPair | None, banner: str, sampler: str = h.DEFAULT
                 gr.Markdown(banner or h.device_banner("cpu"), elem_classes=["banner"], elem_id="banner")
                 with gr.Accordion("More settings", open=False, elem_id="more-settings"):
                     randomize = gr.Checkbox(value=False, label="New random seed on every Generate")
-                    start_steps = h.default_steps(first, sampler) if first else 14
+                    start_steps = first.start_steps(sampler) if first else 20
                     steps = gr.Slider(
                         1, h.MAX_STEPS, value=start_steps, step=1, label=f"Sampler steps ({h.SAMPLER_NAMES[sampler]})"
                     )
@@ -853,7 +854,7 @@ def _wire_pair_change(
             H.training_gallery(pair),
             fr["md"],
             gr.update(value=fr_img, visible=fr_img is not None),
-            gr.update(value=h.default_steps(p, H.sampler)),  # the pair's own default (a full-size latent pair: fewer)
+            gr.update(value=p.start_steps(H.sampler)),  # the pair's own default (a full-size latent pair: fewer)
             *[gr.update(value=figs[i] if i < len(figs) else None, visible=i < len(figs)) for i in range(k)],
             sim_md,
             gr.update(value=sim_fig, visible=sim_fig is not None),

@@ -19,6 +19,9 @@ import argparse
 import io
 import os
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,24 +64,31 @@ def save_small_png(png: bytes, path: Path, max_bytes: int = MAX_BYTES) -> Path:
     return path
 
 
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until the app answers on the port (or fail with its exit code)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited with code {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"the app did not answer on port {port} within {timeout} s")
+
+
 def app_png(config: Path, out: Path, n_images: int = 8) -> Path:
     """Start the app on the config's default pair, generate in Chromium at 1400 x 900, open a copy, save the page
     from its top down to the comparison."""
     from playwright.sync_api import sync_playwright
 
-    from demo import handlers as h
-    from demo.handlers import Handlers
-    from demo.pairs import PairRegistry
-    from demo.ui import build_app, launch_kwargs
-
-    H = Handlers(PairRegistry.from_path(config))
-    demo = build_app(H, h.device_banner("cpu"), "")
-    demo.queue(max_size=4, default_concurrency_limit=1)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--config", str(config), "--device", "cpu"]
+    app = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # the app as run
     try:
+        wait_for_port(port, app)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page(viewport=VIEWPORT)
@@ -94,7 +104,8 @@ def app_png(config: Path, out: Path, n_images: int = 8) -> Path:
             png = page.screenshot(full_page=True, clip={"x": 0, "y": 0, "width": VIEWPORT["width"], "height": bottom})
             browser.close()
     finally:
-        demo.close()
+        app.terminate()
+        app.wait(30)
     return save_small_png(png, out)
 
 
@@ -106,12 +117,11 @@ def frontier_png(config: Path, out: Path) -> Path:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    from ambient.research.frontier import envelope, series
-    from demo.pairs import PairRegistry
-    from demo.plots import AMBIENT_COLOR, BASELINE_COLOR, shipped_runs
+    from ambient.pairs_config import load_config, load_pair
+    from ambient.research.frontier import AMBIENT_COLOR, BASELINE_COLOR, envelope, series, shipped_runs
 
-    reg = PairRegistry.from_path(config)
-    pair = reg.get(reg.default)
+    cfg = load_config(config)
+    pair = load_pair(next(s for s in cfg.specs if s.name == cfg.default))
     data, spec = pair.frontier, pair.spec
     if not data:
         raise SystemExit(f"the default pair {spec.name} ships no frontier")

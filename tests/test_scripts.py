@@ -79,12 +79,11 @@ def test_fidelity_probe_splits_fidelity_over_copies_and_the_rest(tiny, tmp_path)
         assert d["copies_classifier_right"]["n"] + d["others_classifier_right"]["n"] == 11
 
 
-# Scripts and benchmarks that time or measure the app itself (its Handlers): the only ones that may import demo.
+# Benchmarks that time the app's own request handler in process: the only files outside demo/ and app.py that may
+# import demo (scripts reach the app through app.py, as a visitor does).
 APP_MEASUREMENTS = {
     "benchmarks/bench_request.py",
     "benchmarks/bench_flops.py",
-    "scripts/similarity.py",
-    "scripts/screenshot.py",  # pictures of the running app
 }
 
 

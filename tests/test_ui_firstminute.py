@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from ambient.research import frontier
+from ambient.research.frontier import shipped_runs
 from demo import compare as cmp
 from demo.handlers import Handlers
 from demo.pairs import PairRegistry
-from demo.plots import frontier_figure, shipped_runs, similarity_figure
+from demo.plots import frontier_figure, similarity_figure
 from demo.tiny_pair import make_tiny_pair
 from tests.helpers import Memorizer
 
@@ -221,7 +222,7 @@ def test_a_latent_pairs_decoded_sample_opens_against_its_nearest_training_image(
 
 
 def test_similarity_script_scores_each_sample_and_held_out_images_alike(H):
-    """scripts/similarity.py through the app's handler: per-sample ratio and cosine, held-out images beside them,
+    """scripts/similarity.py at the app's defaults: per-sample ratio and cosine, held-out images beside them,
     and the novel samples' Frechet distance (none for a baseline that copies everything)."""
     import importlib.util
 
@@ -231,7 +232,7 @@ def test_similarity_script_scores_each_sample_and_held_out_images_alike(H):
     sim_mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sim_mod)
     try:
-        out = sim_mod.measure(H, "tiny", 8, 100)
+        out = sim_mod.measure(H.pair("tiny"), 8, 100, sampler=H.sampler, bf16=H.bf16)
     except FileNotFoundError as e:  # the held-out images are Fashion-MNIST's test split
         pytest.skip(str(e))
     for key in ("ambient", "baseline", "held_out"):

@@ -10,11 +10,15 @@ the baseline's snapshots; outside their range the comparison is left undecided).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ambient.memorization.metrics import bootstrap_rate_ci
+
+AMBIENT_COLOR = "#1f77b4"  # each side's colour in every frontier picture (the app's and the README's)
+BASELINE_COLOR = "#d62728"
 
 # Runs of the studies written before grid files existed: what each one was.
 LEGACY_LABELS = {
@@ -362,3 +366,25 @@ def band_table(bands: dict[str, Any]) -> str:
             + " |"
         )
     return head + "\n".join(out)
+
+
+def shipped_runs(models_dir: str | Path, ambient: str, baseline: str) -> dict[str, tuple[str, int | None]]:
+    """The training runs (and snapshot steps) a pair's two model folders were shipped from, by side, as the
+    ``SHIPPED.json`` beside them records it (later entries win); sides it does not name are left out."""
+    path = Path(models_dir) / "SHIPPED.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    models: dict[str, str] = {}
+    for entry in [*(data.get("history") or []), data]:
+        if isinstance(entry, dict) and isinstance(entry.get("models"), dict):
+            models.update({str(k): str(v) for k, v in entry["models"].items()})
+    out: dict[str, tuple[str, int | None]] = {}
+    for side, folder in (("ambient", ambient), ("baseline", baseline)):
+        src = models.get(Path(folder).name)
+        if not src:
+            continue
+        m = re.match(r"^(.*?)/(?:snapshots/step_0*(\d+)|model)/?$", src)
+        out[side] = (m.group(1), int(m.group(2)) if m.group(2) else None) if m else (src, None)
+    return out
