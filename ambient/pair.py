@@ -380,34 +380,54 @@ class Pair:
         return CFGDenoiser(model, guidance, self.prompts.uncond()) if guidance != 1.0 else model
 
     def trajectory(
-        self, side: str, seeds: Sequence[int], prompt: str, steps: int, guidance: float, sampler: str, bf16: bool
+        self,
+        side: str,
+        seeds: Sequence[int],
+        prompt: str,
+        steps: int,
+        guidance: float,
+        sampler: str,
+        bf16: bool,
+        cond: torch.Tensor | None = None,
     ) -> Trajectory:
         """One model's run alone from these seeds, every state and estimate kept (cached: a later request with the
-        same seeds, prompt, steps, guidance and sampler reuses it)."""
+        same seeds, prompt, steps, guidance and sampler reuses it). ``cond``: the prompt's conditioning where the
+        caller has it; otherwise the prompt is encoded, and only when the run is not cached."""
         model = self.ambient if side == "ambient" else self.baseline
-        cond = self.prompts.cond(prompt, len(seeds))
-        g = float(guidance) if cond is not None and prompt else 1.0
-        key = (self._token, side, tuple(int(s) for s in seeds), prompt, steps, g, sampler, bool(bf16))
+        key = (self._token, side, tuple(int(s) for s in seeds), prompt, steps, float(guidance) if prompt else 1.0)
+        key += (sampler, bool(bf16))
 
         def make() -> Trajectory:
+            c = cond if cond is not None or not prompt else self.prompts.cond(prompt, len(seeds))
+            g = float(guidance) if c is not None and prompt else 1.0
             sigmas = karras_sigmas(steps, self.sigma_min, self.sigma_max).to(self.device)
             x = initial_noise(seeds, self.image_shape, float(sigmas[0])).to(self.device)
-            c = None if cond is None else cond.to(self.device)
+            c = None if c is None else c.to(self.device)
             with autocast(self.device, bf16 and self.kind == "pixels"):
                 return record(self._guided(model, g), x, sigmas, c, sampler)
 
         return self.trajectory_cache.get(key, make)
 
     def _trajectories(
-        self, sides: list[str], seeds: Sequence[int], prompt: str, steps: int, g: float, sampler: str, bf16: bool
+        self,
+        sides: list[str],
+        seeds: Sequence[int],
+        prompt: str,
+        steps: int,
+        g: float,
+        sampler: str,
+        bf16: bool,
+        cond: torch.Tensor | None,
     ) -> dict[str, Trajectory]:
         """The sides' recorded runs; two that are not cached yet run at the same time, one thread each (the two
         networks are independent until the hand-over, and a request on the CPU is given one thread)."""
         if len(sides) == 2 and self.parallel_sides and self.device == "cpu" and torch.get_num_threads() == 1:
             with ThreadPoolExecutor(2) as pool:
-                futures = {s: pool.submit(self.trajectory, s, seeds, prompt, steps, g, sampler, bf16) for s in sides}
+                futures = {
+                    s: pool.submit(self.trajectory, s, seeds, prompt, steps, g, sampler, bf16, cond) for s in sides
+                }
                 return {s: f.result() for s, f in futures.items()}
-        return {s: self.trajectory(s, seeds, prompt, steps, g, sampler, bf16) for s in sides}
+        return {s: self.trajectory(s, seeds, prompt, steps, g, sampler, bf16, cond) for s in sides}
 
     def side_by_side(
         self,
@@ -462,7 +482,7 @@ class Pair:
                 out[side] = self.codec.decode(y.float() if self.kind == "pixels" else y)
             return SideBySide(out["ambient"], out["baseline"], records, time.perf_counter() - t0)
         sides = ["baseline"] if cutoff.is_baseline_alone else ["baseline", "ambient"]
-        runs = self._trajectories(sides, seeds, prompt, steps, g, sampler, bf16)
+        runs = self._trajectories(sides, seeds, prompt, steps, g, sampler, bf16, cond)
         base, amb = runs["baseline"], runs.get("ambient")
         # the Ambient side: the recorded steps above the cutoff, then the rest run now
         if amb is None:

@@ -189,3 +189,33 @@ def test_two_sides_recorded_in_two_threads_give_the_same_images(tmp_path):
         torch.set_num_threads(old)
     assert torch.equal(runs[True].ambient, runs[False].ambient)
     assert torch.equal(runs[True].baseline, runs[False].baseline)
+
+
+def test_a_request_encodes_its_prompt_once(tmp_path):
+    from ambient.pair import load_pair
+    from ambient.tiny import make_tiny_pair
+
+    make_tiny_pair(tmp_path)
+    folder = tmp_path / "tiny"
+    pair = load_pair(folder / "ambient", folder / "baseline", folder / "train.npz", folder / "index")
+    pair.trajectory_cache = TrajectoryCache()
+    calls = []
+    real = pair.prompts.cond
+    pair.prompts.cond = lambda prompt, n: calls.append(prompt) or real(prompt, n)
+    pair.side_by_side([1, 2], "a shoe", 4, Cutoff(0.5), guidance=2.0)
+    assert calls == ["a shoe"]  # both runs recorded with the request's own encoding
+    moved = pair.side_by_side([1, 2], "a shoe", 4, Cutoff(2.0), guidance=2.0)
+    assert calls == ["a shoe"] * 2  # a slider move: the recorded runs need no encoding
+    fresh = sample(
+        pair.ambient,
+        pair.baseline,
+        [1, 2],
+        pair.image_shape,
+        real("a shoe", 2),
+        4,
+        Cutoff(2.0),
+        guidance=2.0,
+        sigma_min=pair.sigma_min,
+        sigma_max=pair.sigma_max,
+    )
+    assert torch.equal(moved.ambient, pair.codec.decode(fresh))
