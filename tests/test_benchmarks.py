@@ -37,3 +37,24 @@ def test_run_all_quick_writes_every_section(tmp_path):
     assert "NOT representative" in readme and "| Benchmark | Measure |" in readme
     for title in ("1. Side-by-side", "2. Sampler", "3. Training", "4. Neighbour", "5. Cold start", "6. Distance"):
         assert f"## {title}" in readme
+
+
+def test_slider_quality_scores_a_named_pair_at_its_default_cutoff(tiny, tmp_path):
+    """--pair takes both sides from a pairs file and labels the Ambient side with its cutoff; a wrong name is named."""
+    out = tmp_path / "q.json"
+    base = [sys.executable, "benchmarks/bench_slider_quality.py", "--config", str(tiny), "--n", "6"]
+    proc = subprocess.run(
+        [*base, "--pair", "tiny", "--arms", "heun:2", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["side"] for r in rows] == ["baseline", "ambient"]
+    assert rows[0]["cutoff"] is None and rows[1]["cutoff"] == "the Ambient model alone"
+    assert all(r["n"] == 6 and 0.0 <= r["rate_ratio"] <= 1.0 for r in rows)
+    bad = subprocess.run([*base, "--pair", "nosuch"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "no pair 'nosuch'" in bad.stderr and "['tiny']" in bad.stderr
+    assert "Traceback" not in bad.stderr
