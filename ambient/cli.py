@@ -56,7 +56,7 @@ def config_from_args(cls: type, args: argparse.Namespace) -> object:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from ambient.training import TrainConfig
+    from ambient.config import TrainConfig
 
     p = _parser(sub, "train", "train a baseline or Ambient model (resumes from OUT/checkpoint)")
     add_config_options(p, TrainConfig)
@@ -242,7 +242,7 @@ def _run_grid(args: argparse.Namespace) -> int:
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    from ambient.latent import FinetuneConfig
+    from ambient.config import FinetuneConfig
 
     p = _parser(
         sub,

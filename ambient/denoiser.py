@@ -32,11 +32,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ambient.config import SIGMA_MAX
 from ambient.io import as_os_error, atomic_write_dir, resolve_folder
 from ambient.io import read_json as _read_json
 
 SIGMA_MIN = 0.002
-SIGMA_MAX = 80.0
 FORMAT_VERSION = 3  # of ambient_config.json; the older layout (config.json + model.safetensors) is version 1
 # version 3 adds "patch" (a space-to-depth stem); a folder with patch 1 is still written as version 2, which older code
 # reads correctly, while one with patch > 1 is version 3, which older code refuses instead of misreading

@@ -54,15 +54,16 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ambient.config import FinetuneConfig  # noqa: F401 (re-exported: its home was here)
 from ambient.denoiser import DDPMAdapter
 from ambient.io import (
     LEGACY_LATENT_SIDECAR,
@@ -73,15 +74,8 @@ from ambient.io import (
     resolve_folder,
 )
 from ambient.io import read_json as _read_json
-from ambient.losses import P_MEAN, P_STD, ambient_loss, edm_loss, fixed_noise, sample_sigmas
-from ambient.training import (
-    LoopConfig,
-    Task,
-    TrainingLoop,
-    check_loss_settings,
-    option,
-    step_generator,
-)
+from ambient.losses import ambient_loss, edm_loss, fixed_noise, sample_sigmas
+from ambient.training import Task, TrainingLoop, step_generator
 
 CACHE_NAME = "latent_cache.safetensors"
 CHECKPOINT = "checkpoint"
@@ -111,93 +105,6 @@ HUB_PATTERNS = [  # what a hub download fetches: each component's config and saf
     "*/model.safetensors",
     "*/model-*-of-*.safetensors",
 ]
-
-
-@dataclass
-class FinetuneConfig(LoopConfig):
-    """Everything a fine-tuning run depends on; written into every checkpoint and the exported JSON."""
-
-    pretrained: str = option(
-        "",
-        "diffusers text-to-image pipeline folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/) or hub id (owner/name or hub:owner/name)",
-        required=True,
-    )
-    data: str = option(
-        "",
-        "folder of images with captions: a .txt of the same name beside each image, or a metadata.jsonl with file_name and text",
-        required=True,
-    )
-    out: str = option(
-        "runs/finetune",
-        "run folder: latent_cache.safetensors, checkpoint/ (to resume) and model/ (the exported pipeline)",
-    )
-    loss: str = option(
-        "baseline", "'baseline' (EDM loss on latents) or 'ambient' (above sigma_n only each latent's fixed noisy copy)"
-    )
-    sigma_n: float = option(
-        0.0,
-        "noise level (EDM sigma, latent space) of the fixed noisy copies; the ambient loss needs it > 0, the baseline loss takes none",
-    )
-    steps: int = option(1000, "optimiser steps in all; a resumed run continues up to this")
-    batch: int = option(4, "images per step (split across processes under torchrun)")
-    lr: float = option(1e-5, "peak learning rate (AdamW)")
-    warmup: int = option(100, "steps of linear learning-rate warm-up")
-    lr_decay: str = option("none", "learning rate after warm-up: 'none' (constant) or 'cosine' (down to 0 at --steps)")
-    weight_decay: float = option(1e-2, "AdamW's decoupled weight decay")
-    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)")
-    ema: float = option(
-        0.0, "decay of an exponential moving average of the UNet, exported instead of the raw weights (0: none)"
-    )
-    seed: int = option(0, "seed of the batches, noise levels, caption dropout and each training image's fixed noise")
-    resolution: int = option(
-        0,
-        "image side in pixels (shorter side resized, centre crop); 0: the UNet's sample size times the VAE's downsampling",
-    )
-    caption_dropout: float = option(
-        0.1, "probability that a caption is replaced by the empty prompt (for classifier-free guidance)"
-    )
-    sigma_data: float = option(
-        1.0, "sigma_data of EDM's loss weight in latent space (the VAE's scaling factor gives latents unit std)"
-    )
-    p_mean: float = option(
-        P_MEAN, "mean of ln(sigma) of the training noise levels (truncated to the scheduler's sigma range)"
-    )
-    p_std: float = option(P_STD, "standard deviation of ln(sigma) of the training noise levels")
-    high_weight: str = option(
-        "edm",
-        "loss weight above sigma_n: 'edm' (EDM's) or 'ambient4' (EDM's times sigma^4 / (sigma^2 - sigma_n^2)^2, at most 100)",
-    )
-    precision: str = option("auto", "'auto' (bf16 autocast where the device has it natively), 'bf16' or 'fp32'")
-    gradient_checkpointing: bool = option(
-        False, "recompute UNet activations in the backward pass (less memory, slower)"
-    )
-    cache_batch: int = option(8, "images per VAE / text-encoder batch while the cache is computed")
-    checkpoint_every: int = option(250, "write a resumable checkpoint every this many steps (and at the end)")
-    snapshot_every: int = option(
-        0, "also export the pipeline to snapshots/step_NNNNNN every this many steps (0: never)"
-    )
-    log_every: int = option(10, "log the mean loss and images/s every this many steps")
-    progress: bool = option(True, "show a progress bar (--no-progress: a log line every --log-every steps)")
-
-    # settings a resumed run must share with its checkpoint (the others say how long, how often, how shown)
-    RESUME_KEYS: ClassVar[tuple[str, ...]] = (
-        "pretrained", "data", "loss", "sigma_n", "batch", "lr", "warmup", "lr_decay", "weight_decay", "max_grad_norm",
-        "ema", "seed", "resolution", "caption_dropout", "sigma_data", "p_mean", "p_std", "high_weight",
-    )  # fmt: skip
-
-    def validate(self) -> None:
-        """Raise ValueError on inconsistent settings (those that need the pipeline are checked on loading)."""
-        if not self.pretrained:
-            raise ValueError("--pretrained (a diffusers text-to-image pipeline folder or hub id) is required")
-        if not self.data:
-            raise ValueError("--data (a folder of images with captions) is required")
-        check_loss_settings(self)
-        if not self.sigma_data > 0:
-            raise ValueError("sigma_data must be positive")
-        if self.resolution < 0:
-            raise ValueError("resolution must be >= 0")
-        if self.cache_batch < 1:
-            raise ValueError("cache_batch must be at least 1")
 
 
 RESUME_KEYS = FinetuneConfig.RESUME_KEYS

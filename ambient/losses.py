@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-P_MEAN = -1.2
-P_STD = 1.2
+from ambient.config import P_MEAN, P_STD
+
 SIGMA_DATA = 0.5
 
 Denoiser = Callable[..., torch.Tensor]

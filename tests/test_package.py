@@ -100,3 +100,18 @@ def test_declared_dependencies_admit_the_pinned_versions_and_pin_torch_exactly()
         assert declared[name].specifier.contains(version), (name, str(declared[name].specifier), version)
     for name in ("torch", "torchvision"):  # a range lets pip choose another (on Linux, a multi-GB CUDA) build
         assert str(declared[name].specifier) == f"=={pins[name]}"
+
+
+def test_help_needs_no_torch(fresh_venv, tmp_path):
+    """``ambient --help`` and every subcommand's help run where torch is not even installed (the configs, whose
+    fields make the options, import no torch); a command that trains still says what it misses."""
+    exe = str(fresh_venv / "bin" / "ambient")
+    top = _run([exe, "--help"], tmp_path)
+    assert top.returncode == 0 and "usage:" in top.stdout, top.stderr[-2000:]
+    for verb in ("train", "finetune", "grid"):
+        sub = _run([exe, verb, "--help"], tmp_path)
+        assert sub.returncode == 0 and "usage:" in sub.stdout, (verb, sub.stderr[-2000:])
+    train = _run([exe, "train", "--help"], tmp_path).stdout
+    assert "--block-out-channels" in train and "--lr-decay" in train and "(default: -1.2)" in train
+    run = _run([exe, "train", "--steps", "1", "--out", str(tmp_path / "run")], tmp_path)
+    assert run.returncode != 0 and "torch" in run.stderr
