@@ -60,6 +60,50 @@ def test_app_defaults_counts_the_verdicts_the_generate_handler_returns(tiny):
     assert lo == hi == 1.0 and data["ambient"]["frechet_distance"] > data["baseline"]["frechet_distance"]
 
 
+def test_app_defaults_with_class_prompts_scores_fidelity_and_says_which_goal_conditions_hold(tiny):
+    from demo.handlers import Handlers
+    from demo.pairs import PairRegistry
+    from tests.helpers import Memorizer
+
+    script = _script("app_defaults")
+    H = Handlers(PairRegistry.from_path(tiny))
+    p = H.pair("tiny")
+    plan = script.request_prompts(p, 14, "classes")
+    assert [c for _, c in plan] == [0, 1, 2, 3, 4, 5, -1, 6, 7, 8, 9, 0, 1, -1]  # classes in turn, every 7th empty
+    assert plan[0][0] == f"a photo of a {p.train.class_names[0]}" and plan[6] == ("", -1)
+    p.baseline = Memorizer(p.train.images)
+    data = script.measure(p, 24, 7, prompts="classes", sampler="heun", steps=2)
+    assert data["prompts"] == "classes" and data["sampler"] == "heun" and data["steps"] == 2
+    for side in ("baseline", "ambient"):
+        assert 0.0 <= data[side]["prompt_fidelity"] <= 1.0
+        lo, hi = data[side]["frechet_ci95"]
+        assert lo <= data[side]["frechet_distance"] <= hi
+    g = data["goal"]
+    assert g["checks"]["baseline copies at least 50 %"] is True  # the memorizer copies everything
+    assert g["checks"]["Ambient copies at most a fifth of that"] is True  # the untrained network copies nothing
+    assert g["checks"]["Frechet distance within 10 % of the baseline's"] is False  # but its images are noise
+    assert g["met"] is False and g["copy_ratio"] == 0.0
+
+
+def test_goal_verdict_follows_the_target():
+    script = _script("app_defaults")
+    side = {"rate_ratio": 0.55, "frechet_distance": 5.0, "frechet_novel": 9.0}
+    good = {"baseline": side, "ambient": {"rate_ratio": 0.1, "frechet_distance": 5.4, "frechet_novel": 6.0}}
+    assert script.goal(good)["met"] is True
+    for change, broken in [
+        ("baseline", {"rate_ratio": 0.45}),  # the baseline must copy at least half
+        ("ambient", {"rate_ratio": 0.12}),  # more than a fifth of 0.55
+        ("ambient", {"frechet_distance": 5.6}),  # 12 % worse
+        ("ambient", {"frechet_novel": 9.5}),  # its novel samples worse
+    ]:
+        data = {k: dict(v) for k, v in good.items()}
+        data[change] |= broken
+        assert script.goal(data)["met"] is False, broken
+    data = {k: dict(v) for k, v in good.items()}
+    data["ambient"]["frechet_novel"] = None  # too few novel samples: not known, so not met
+    assert script.goal(data)["checks"]["novel samples at least as good"] is None and not script.goal(data)["met"]
+
+
 def test_fidelity_probe_splits_fidelity_over_copies_and_the_rest(tiny, tmp_path):
     import json
 
