@@ -20,10 +20,14 @@ PY
 JOBS="${JOBS:-$("$PY" -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["runs"]))' "$GRID")}"
 # All runs share the one GPU: each is a small UNet, so they train side by side.
 "$PY" -m ambient grid "$GRID" --jobs "$JOBS" --threads 1
+# the second way of scoring (the app's empty prompt), where the grid has a twin: it trains nothing
+EMPTY="${GRID%.json}_empty_prompt.json"
+[ -f "$EMPTY" ] && "$PY" -m ambient grid "$EMPTY" --no-train
 mkdir -p "$OUT"
 NAME="$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["name"])' "$GRID")"
 STUDIES="$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1])).get("studies_dir", "studies"))' "$GRID")"
 cp -r "$STUDIES/$NAME" "$OUT/studies"
+[ -f "$EMPTY" ] && cp -r "$STUDIES/${NAME}_empty_prompt" "$OUT/studies_empty_prompt"
 for run in runs/*/; do
   [ -d "$run/model" ] && mkdir -p "$OUT/models/$(basename "$run")" && cp -r "$run/model/." "$OUT/models/$(basename "$run")/"
 done
