@@ -3,7 +3,9 @@
 Usage:
   python scripts/frontier.py assets/fmnist-100
 writes assets/fmnist-100/frontier/frontier.json and frontier_n<N>.png (every run's snapshots, the shipped
-pairs marked, each Ambient point compared with the baseline's early-stopping frontier at its quality).
+pairs marked, each Ambient point compared with the baseline's early-stopping frontier at its quality), from the
+studies scored with class prompts; the studies scored with the empty prompt make frontier_empty_prompt_n<N>.png and
+the JSON's "empty_prompt" part.
 """
 
 from __future__ import annotations
@@ -33,6 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     for n in sorted({q["n_train"] for q in points if q["n_train"]}):
         path = frontier.plot_frontier(points, out / f"frontier_n{n}.png", marks if n == 100 else (), n)
         plots[str(n)] = path.name
+    # the second way of scoring: the app's default empty prompt, a frontier of its own (its own seeds and n)
+    empty, _ = frontier.load_points([a.pair_dir / "studies"], prompts="empty")
+    empty_plots = {}
+    for n in sorted({q["n_train"] for q in empty if q["n_train"]}):
+        path = frontier.plot_frontier(
+            empty,
+            out / f"frontier_empty_prompt_n{n}.png",
+            (),
+            n,
+            title=f"Quality against memorization, N = {n}, empty prompt: below the baseline curves = helps",
+        )
+        empty_plots[str(n)] = path.name
     bands = [json.loads(f.read_text()) for f in sorted((a.pair_dir / "studies").glob("band_probe*.json"))]
     write_json(
         {
@@ -42,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
             "plots": plots,
             "points": points,
             "ambient_vs_frontier": compared,
-            "shipped": marks,
+            "marks": marks,  # every evaluated model: "shipped" while its folder is in assets/, else "retired"
+            "empty_prompt": {
+                "what": "the same, scored with the app's default empty prompt (no class prompts)",
+                "plots": empty_plots,
+                "points": empty,
+                "ambient_vs_frontier": frontier.compare(empty),
+            },
             "bands": bands,
             "failed_runs": [
                 {"study": f["study"], "label": f["label"], "error": f.get("error")}

@@ -78,9 +78,23 @@ def test_shipped_frontier_json_and_plot_agree_with_the_studies():
     points, _ = frontier.load_points([PAIR / "studies"])
     assert len(data["points"]) == len(points)
     assert (PAIR / "frontier" / data["plots"]["100"]).is_file()
-    assert data["shipped"], "the shipped pairs are marked"
+    labels = [m["label"] for m in data["marks"]]
+    shipped = {"baseline_up2_seed1", "ambient (eval_up2_s4_seed1)", "baseline_up2", "ambient (eval_up2_s4)"}
+    assert {f"shipped {x}" for x in shipped} <= set(labels), labels
+    # a model whose folder left assets/ is marked retired, never shipped
+    for m in data["marks"]:
+        folder = m["label"].split(" ", 1)[1]
+        folder = folder if m["side"] == "baseline" else None
+        if folder:
+            assert m["label"].startswith("shipped" if (PAIR / folder).is_dir() else "retired"), m["label"]
     md = frontier.summary(data)
     assert f"{len(points)} scored snapshots" in md
+    # the second way of scoring has its own frontier: the empty-prompt studies, none of the class-prompted ones
+    empty, _ = frontier.load_points([PAIR / "studies"], prompts="empty")
+    assert len(data["empty_prompt"]["points"]) == len(empty) > 0
+    assert not {p["study"] for p in empty if p["study"]} & {p["study"] for p in points if p["study"]}
+    assert (PAIR / "frontier" / data["empty_prompt"]["plots"]["100"]).is_file()
+    assert {c["label"] for c in data["empty_prompt"]["ambient_vs_frontier"]} <= {p["label"] for p in empty}
 
 
 def test_read_frontier_rejects_a_file_without_points(tmp_path):

@@ -71,7 +71,17 @@ def test_every_shipped_pair_has_a_one_line_headline_with_numbers_and_a_card():
         status = H.pair_status(name) + card_markdown(H, name)  # what "About this pair" holds
         assert "Files" in status and "Frechet distance" in status, name
     default = headline_markdown(H, H.registry.default)
-    assert "2,048 samples a side" in default and "52.0 %" in default and "5.6 %" in default
+    # the default pair's headline quotes its measurement at the app's defaults, both ways, as the studies hold it
+    import json
+
+    studies = ASSETS / "fmnist-100" / "studies"
+    for way in ("empty", "classes"):
+        data = json.loads((studies / f"goal_fmnist-100-64-seed1_{way}_n4096.json").read_text())
+        assert data["n"] == 4096 and data["pair"] == H.registry.default
+        for side in ("baseline", "ambient"):
+            assert f"{100 * data[side]['rate_ratio']:.1f} %" in default, (way, side, default)
+        gap = data["ambient"]["frechet_distance"] / data["baseline"]["frechet_distance"] - 1
+        assert f"{100 * gap:.0f} %" in default.split("Frechet distance", 1)[1]
 
 
 # ---------------------------------------------------------------- look at the copy
