@@ -22,7 +22,6 @@ import json
 import math
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,22 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ambient.research.studies import command_line, git_commit
+from ambient.research.studies import command_line, git_commit, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_for(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
-    """Until the app answers on the port (or fail with its exit code)."""
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the app exited with code {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"the app did not answer on port {port} within {timeout} s")
 
 
 def slider_range() -> tuple[float, float]:
@@ -79,7 +65,7 @@ def run_arm(arm: str, port: int, requests: int) -> dict[str, Any]:
     cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--sampler", sampler]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     try:
-        wait_for(port, proc)
+        wait_for_port(port, proc)
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
 
         def call(seed: int, sigma_c: float | None) -> float:

@@ -21,7 +21,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -64,23 +63,12 @@ def save_small_png(png: bytes, path: Path, max_bytes: int = MAX_BYTES) -> Path:
     return path
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
-    """Until the app answers on the port (or fail with its exit code)."""
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the app exited with code {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"the app did not answer on port {port} within {timeout} s")
-
-
 def app_png(config: Path, out: Path, n_images: int = 8) -> Path:
     """Start the app on the config's default pair, generate in Chromium at 1400 x 900, open a copy, save the page
     from its top down to the comparison."""
     from playwright.sync_api import sync_playwright
+
+    from ambient.research.studies import wait_for_port  # the one home of the wait (imports torch: only here)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

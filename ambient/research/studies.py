@@ -8,8 +8,10 @@ prompts as every other row and scored against the exact training subset the run 
 from __future__ import annotations
 
 import shlex
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -136,3 +138,16 @@ def set_threads(k: int) -> None:
         faiss.omp_set_num_threads(max(1, k))
     except ImportError:
         pass
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until a started app answers on the port (or fail with its exit code)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited with code {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"the app did not answer on port {port} within {timeout} s")
