@@ -294,16 +294,27 @@ class EDMDenoiser(nn.Module):
 
         return generated_card(self, title)
 
-    def save_pretrained(self, path: str | os.PathLike, check: Callable[[Path], None] | None = None) -> None:
+    def save_pretrained(
+        self, path: str | os.PathLike, check: Callable[[Path], None] | None = None, dtype: torch.dtype | None = None
+    ) -> None:
         """Write the model folder (``unet/``, ``text_proj.safetensors``, ``ambient_config.json``, ``README.md``)
         atomically; a README.md already there keeps its text under refreshed metadata. ``check(tmp)`` runs on the
-        written temporary folder before it replaces ``path`` (raise there to keep the old folder)."""
+        written temporary folder before it replaces ``path`` (raise there to keep the old folder). ``dtype``
+        (``torch.float16`` or ``torch.bfloat16``) stores the floating-point weights at that precision, half the
+        size; loading casts them back to the model's float32 (``scripts/half_weights.py`` measures the change)."""
+        if dtype not in (None, torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16, not {dtype!r}")
         path = Path(path)
         unet = self.net.unet
-        unet_state = {k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()}
+
+        def stored(v: torch.Tensor) -> torch.Tensor:
+            v = v.detach().cpu()
+            return (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+
+        unet_state = {k: stored(v) for k, v in unet.state_dict().items()}
         proj_state = {}
         if self.cond_dim:
-            proj_state = {k: v.detach().contiguous().cpu() for k, v in self.net.cond_proj.state_dict().items()}
+            proj_state = {k: stored(v) for k, v in self.net.cond_proj.state_dict().items()}
         cfg = self.ambient_config()
 
         def write(tmp: Path) -> None:

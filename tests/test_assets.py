@@ -77,6 +77,26 @@ def test_assets_stay_small():
     assert total < 50 * 2**20
 
 
+def test_a_shipped_model_in_half_precision_was_measured_within_tolerance_first():
+    """float16 weights only where scripts/half_weights.py measured both sides of every pair using the folder."""
+    from safetensors import safe_open
+
+    study = json.loads((PAIR / "studies" / "half_weights.json").read_text())
+    root = ASSETS.parent
+    for cfg in ASSETS.rglob("ambient_config.json"):
+        folder = cfg.parent
+        with safe_open(str(folder / "unet" / "diffusion_pytorch_model.safetensors"), framework="pt") as h:
+            dtypes = {str(h.get_slice(k).get_dtype()) for k in h.keys()}
+        if dtypes == {"F32"}:
+            continue
+        rel = str(folder.relative_to(root))
+        assert dtypes == {"F16"} and rel in study["written"], f"{rel} stores {dtypes} without a measurement"
+        measured = [r[side] for r in study["pairs"].values() if "folders" in r for side in ("ambient", "baseline")
+                    if r["folders"][side] == rel]  # fmt: skip
+        assert measured and all(m["within_tolerance"] for m in measured)
+        assert all(m["share_of_bf16"] <= study["tolerance"]["max_share_of_bf16"] for m in measured)
+
+
 def test_every_shipped_pair_loads_through_the_app_and_is_labelled_honestly():
     from demo.pairs import PairRegistry
 

@@ -147,6 +147,30 @@ def test_a_patch_stem_round_trips_and_older_readers_are_told_it_is_newer(tmp_pat
         build_unet(0, 15, 1, (8, 16), patch=2)
 
 
+def test_half_precision_weights_are_half_the_size_and_load_as_float32_rounded_weights(tmp_path):
+    m = tiny(6)
+    m.save_pretrained(tmp_path / "full")
+    m.save_pretrained(tmp_path / "half", dtype=torch.float16)
+    for name in (WEIGHTS_NAME, TEXT_PROJ_NAME):
+        stored = load_file(str(tmp_path / "half" / name))
+        assert {v.dtype for v in stored.values()} == {torch.float16}
+    full, half = ((tmp_path / d / WEIGHTS_NAME).stat().st_size for d in ("full", "half"))
+    assert half < 0.55 * full  # the UNet's weights (the small projection's file is mostly its header)
+    back = EDMDenoiser.from_pretrained(tmp_path / "half")
+    assert {p.dtype for p in back.parameters()} == {torch.float32}
+    rounded = {k: v.half().float() for k, v in m.state_dict().items()}
+    assert all(torch.equal(v, rounded[k]) for k, v in back.state_dict().items())
+    assert not torch.equal(outputs(m), outputs(back))  # the rounding is real ...
+    assert torch.allclose(outputs(m), outputs(back), atol=1e-2)  # ... and small
+    # diffusers' loader reads the same float16 file into a float32 UNet
+    unet = UNet2DModel.from_pretrained(tmp_path / "half", subfolder="unet").eval()
+    assert {p.dtype for p in unet.parameters()} == {torch.float32}
+    assert torch.equal(unet_output(unet, back), unet_output(back.net.unet, back))
+    with pytest.raises(ValueError, match="dtype must be"):
+        m.save_pretrained(tmp_path / "int", dtype=torch.int8)
+    assert not (tmp_path / "int").exists()
+
+
 @pytest.mark.parametrize("folder", SHIPPED, ids=lambda p: str(p.relative_to(ASSETS)))
 def test_every_shipped_model_loads_with_diffusers_and_gives_our_outputs(folder):
     ours = EDMDenoiser.from_pretrained(folder)

@@ -3,6 +3,7 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,3 +244,53 @@ def test_results_table_keeps_the_rows_of_retired_models(tmp_path, monkeypatch, c
         f"| {100 * early['rate_similarity']['0.9']:.1f} % | {early['mean_similarity']:.3f} "
         f"| {early['frechet_distance']:.2f} | {100 * early['prompt_fidelity']:.1f} % |"
     )
+
+
+def test_half_weights_measures_then_halves_only_what_passes_and_leaves_halved_folders_alone(tiny, tmp_path, capsys):
+    import json
+    import shutil
+
+    hw = _script("half_weights")
+    root = tmp_path / "pairs"
+    shutil.copytree(tiny.parent, root)
+    cfg = root / "pairs.json"
+    folders = [root / "tiny" / "ambient", root / "tiny" / "baseline"]
+    before = {f: (f / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size for f in folders}
+
+    # a tolerance nothing meets: measured and recorded, nothing rewritten
+    strict = hw.MAX_SHARE_OF_BF16
+    hw.MAX_SHARE_OF_BF16 = -1.0
+    try:
+        assert (
+            hw.main(["--config", str(cfg), "--pairs", "tiny", "--n", "3", "--out", str(tmp_path / "a.json"), "--write"])
+            == 0
+        )
+    finally:
+        hw.MAX_SHARE_OF_BF16 = strict
+    a = json.loads((tmp_path / "a.json").read_text())
+    side = a["pairs"]["tiny"]["ambient"]
+    assert side["within_tolerance"] is False and a["written"] == [] and len(a["kept"]) == 2
+    assert 0 < side["mean_abs_grey_float16_storage"] and 0 <= side["verdicts_agree_float16_storage_under_bf16"] <= 1
+    assert all(hw.stored_dtypes(f) == {"F32"} for f in folders)
+
+    # the real tolerance: the untrained pair passes, its folders are rewritten in float16, half the size
+    assert (
+        hw.main(["--config", str(cfg), "--pairs", "tiny", "--n", "3", "--out", str(tmp_path / "b.json"), "--write"])
+        == 0
+    )
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert b["pairs"]["tiny"]["baseline"]["share_of_bf16"] <= hw.MAX_SHARE_OF_BF16 and len(b["written"]) == 2
+    for f in folders:
+        assert hw.stored_dtypes(f) == {"F16"}
+        assert (f / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size < 0.55 * before[f]
+
+    # a second run finds them halved: nothing measured against a float32 reference that is gone, nothing written
+    assert (
+        hw.main(["--config", str(cfg), "--pairs", "tiny", "--n", "3", "--out", str(tmp_path / "c.json"), "--write"])
+        == 0
+    )
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert "already stored in float16" in c["pairs"]["tiny"]["skipped"] and c["written"] == []
+    with pytest.raises(SystemExit):
+        hw.main(["--config", str(cfg), "--pairs", "nope", "--out", str(tmp_path / "d.json")])
+    assert "no pair named ['nope']" in capsys.readouterr().err
