@@ -9,7 +9,9 @@ move the shown images less than half as much as bf16 autocast does (mean absolut
 float32 arithmetic both), and, under bf16 autocast, the copy verdicts with float16 weights must agree with those of
 float32 weights on at least 98 % of the samples. With ``--write``, the model folders of the pairs that pass are
 rewritten with float16 weights (atomically; the written folder must load to exactly the float16-rounded weights
-before it replaces the old one). A folder already stored in half precision is reported and left alone.
+before it replaces the old one). A folder already stored in half precision is left alone, and a pair whose two
+folders both are is not measured again; the study JSON keeps the earlier runs' measurements, which justify their
+rewrites.
 
 Usage:
   python scripts/half_weights.py --n 256 --out assets/fmnist-100/studies/half_weights.json --write
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import sys
 import time
@@ -143,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = sorted(set(a.pairs or []) - {s.name for s in specs})
     if missing:
         ap.error(f"no pair named {missing} in {a.config}")
+    old = json.loads(a.out.read_text()) if a.out.is_file() else {}
     study: dict[str, Any] = {
         "command": command_line(),
         "commit": git_commit(),
@@ -150,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         "seed": a.seed,
         "sampler": DEFAULT_SAMPLER,
         "tolerance": {"max_share_of_bf16": MAX_SHARE_OF_BF16, "min_verdict_agreement": MIN_VERDICT_AGREEMENT},
-        "pairs": {},
+        "pairs": dict(old.get("pairs", {})),  # earlier runs' measurements stay: they justify what they wrote
+        "history": [*old.get("history", []), *([{k: old[k] for k in ("command", "commit")}] if old else [])],
     }
     passed: dict[Path, bool] = {}  # a folder shared by two pairs is halved only if every pair using it passes
     for spec in specs:
@@ -158,22 +163,19 @@ def main(argv: list[str] | None = None) -> int:
         if spec.kind != "edm":
             study["pairs"][spec.name] = {"skipped": f"a {spec.kind} pair: its pipeline keeps its own precision"}
             continue
-        already = {side: stored_dtypes(f) == {"F16"} for side, f in folders.items()}
-        if any(already.values()):
-            study["pairs"][spec.name] = {
-                "skipped": f"already stored in float16: {sorted(k for k, v in already.items() if v)}"
-            }
+        if all(stored_dtypes(f) == {"F16"} for f in folders.values()):  # nothing left to measure or write
+            study["pairs"].setdefault(spec.name, {"skipped": "both sides already stored in float16"})
             continue
         t0 = time.perf_counter()
         r = measure(load_pair(spec), a.n, a.seed)
         r["seconds"] = round(time.perf_counter() - t0, 1)
         r["folders"] = {side: os.path.relpath(f) for side, f in folders.items()}
         study["pairs"][spec.name] = r
-        for side, f in folders.items():
-            passed[f] = passed.get(f, True) and r[side]["within_tolerance"]
+        for side, f in folders.items():  # a side already in float16 measures as unchanged: nothing to write
+            passed[f] = passed.get(f, True) and r[side]["within_tolerance"] and stored_dtypes(f) != {"F16"}
         print(spec.name, {s: {k: v for k, v in r[s].items() if k != "copies"} for s in ("ambient", "baseline")})
-    study["kept"] = sorted(os.path.relpath(f) for f, ok in passed.items() if not ok)
-    study["written"] = []
+    study["kept"] = sorted(os.path.relpath(f) for f, ok in passed.items() if not ok and stored_dtypes(f) != {"F16"})
+    study["written"] = list(old.get("written", []))
     write_json(study, a.out)  # the measurement is kept even if a rewrite below fails
     for f in sorted(f for f, ok in passed.items() if ok and a.write):
         write_half(f)

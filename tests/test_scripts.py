@@ -248,6 +248,7 @@ def test_results_table_keeps_the_rows_of_retired_models(tmp_path, monkeypatch, c
 
 def test_half_weights_measures_then_halves_only_what_passes_and_leaves_halved_folders_alone(tiny, tmp_path, capsys):
     import json
+    import os
     import shutil
 
     hw = _script("half_weights")
@@ -285,12 +286,22 @@ def test_half_weights_measures_then_halves_only_what_passes_and_leaves_halved_fo
         assert (f / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size < 0.55 * before[f]
 
     # a second run finds them halved: nothing measured against a float32 reference that is gone, nothing written
-    assert (
-        hw.main(["--config", str(cfg), "--pairs", "tiny", "--n", "3", "--out", str(tmp_path / "c.json"), "--write"])
-        == 0
-    )
+    assert hw.main(["--config", str(cfg), "--pairs", "tiny", "--n", "3", "--out", str(tmp_path / "c.json")]) == 0
     c = json.loads((tmp_path / "c.json").read_text())
     assert "already stored in float16" in c["pairs"]["tiny"]["skipped"] and c["written"] == []
+
+    # a new Ambient model beside the halved baseline: measured, written, and the study keeps the earlier rewrites
+    shutil.copytree(tiny.parent / "tiny" / "ambient", root / "tiny" / "ambient_new")
+    spec = json.loads(cfg.read_text())
+    first = next(p for p in spec["pairs"] if p["name"] == "tiny")
+    spec["pairs"].append({**first, "name": "tiny-new", "ambient": "tiny/ambient_new"})
+    cfg.write_text(json.dumps(spec))
+    assert hw.main(["--config", str(cfg), "--n", "3", "--out", str(tmp_path / "b.json"), "--write"]) == 0
+    b2 = json.loads((tmp_path / "b.json").read_text())
+    assert set(b2["pairs"]) == {"tiny", "tiny-new"} and b2["pairs"]["tiny"] == b["pairs"]["tiny"]
+    assert b2["pairs"]["tiny-new"]["baseline"]["mean_abs_grey_float16_storage"] == 0  # halving a half changes nothing
+    assert b2["written"] == [*b["written"], os.path.relpath(root / "tiny" / "ambient_new")]
+    assert hw.stored_dtypes(root / "tiny" / "ambient_new") == {"F16"} and b2["history"][0]["command"] == b["command"]
     with pytest.raises(SystemExit):
         hw.main(["--config", str(cfg), "--pairs", "nope", "--out", str(tmp_path / "d.json")])
     assert "no pair named ['nope']" in capsys.readouterr().err
