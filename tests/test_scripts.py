@@ -305,3 +305,17 @@ def test_half_weights_measures_then_halves_only_what_passes_and_leaves_halved_fo
     with pytest.raises(SystemExit):
         hw.main(["--config", str(cfg), "--pairs", "nope", "--out", str(tmp_path / "d.json")])
     assert "no pair named ['nope']" in capsys.readouterr().err
+
+
+def test_class_balance_counts_the_shipped_classifier_labels_of_real_images():
+    from ambient.data import load_npz
+    from ambient.memorization.classifier import load_default_classifier
+
+    cb = _script("class_balance")
+    train = load_npz(ROOT / "assets" / "fmnist-100" / "train.npz")
+    h = cb.class_histogram(train.images, load_default_classifier())
+    assert sum(h) == len(train.images) and len(h) == 10
+    labels = torch.bincount(torch.as_tensor(train.labels), minlength=10).tolist()
+    assert sum(abs(a - b) for a, b in zip(h, labels, strict=True)) <= 0.2 * len(train.images)  # a 90 %+ classifier
+    one = cb.class_histogram(train.images[torch.as_tensor(train.labels) == 7], load_default_classifier())
+    assert max(one) == one[7]  # sneakers are mostly called sneakers
