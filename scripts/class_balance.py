@@ -15,12 +15,10 @@ import argparse
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from ambient.denoiser import load_denoiser
-from ambient.evaluate import encode_prompts
+from ambient.evaluate import encode_prompts, generate
 from ambient.memorization.classifier import load_default_classifier, predict_logits
-from ambient.sampling import sample
 
 
 def class_histogram(images: torch.Tensor, classifier: torch.nn.Module, classes: int = 10) -> list[int]:
@@ -41,9 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         for step in a.steps:
             m = load_denoiser(f"{run}/snapshots/step_{step:06d}")
             cond = encode_prompts([""] * a.n, m.meta.get("text_model"), m.cond_dim)
-            with torch.autocast("cpu", torch.bfloat16):
-                x = sample(m, None, list(range(a.seed, a.seed + a.n)), m.image_shape, cond=cond, steps=18)
-            x = F.avg_pool2d(x.float(), m.image_shape[-1] // 32) if m.image_shape[-1] > 32 else x.float()
+            size = 32 if m.image_shape[-1] > 32 else None  # an upsampled run is labelled at its data's size
+            x = generate(m, None, list(range(a.seed, a.seed + a.n)), cond, 18, bf16=True, size=size)
             h = class_histogram(x, clf)
             print(f"{run} step {step}: {h} largest class {100 * max(h) / a.n:.1f} %")
     return 0
