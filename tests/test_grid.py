@@ -135,3 +135,17 @@ def test_eval_prompts_empty_scores_unconditional_samples_as_the_app_default(tmp_
     assert "prompt_fidelity" in classes["rows"][1] and "prompt_fidelity" not in empty["rows"][1]  # no class asked
     # The same weights (same seed and data), other conditioning: other samples, so other scores.
     assert empty["rows"][1]["frechet_distance"] != classes["rows"][1]["frechet_distance"]
+
+
+def test_scoring_without_training_skips_a_run_never_started_instead_of_recording_it_failed(tmp_path, capsys):
+    runs = [{"name": "b", "train": {"loss": "baseline"}}, {"name": "later", "train": {"loss": "baseline", "seed": 3}}]
+    path = _grid(tmp_path, runs, text_model=None, steps=2)
+    run_grid(path, jobs=1, threads=1, only=["b"], evaluate=False)  # only "b" has been trained
+    outs = run_grid(path, jobs=1, threads=1, train=False)
+    assert [p.stem for p in outs] == ["b"] and json.loads(outs[0].read_text())["status"] == "ok"
+    assert not (tmp_path / "studies" / "g" / "later.json").exists()
+    assert "later: not trained yet" in capsys.readouterr().out
+    # A run whose folder exists but holds nothing to score is still recorded as failed, with its reason.
+    (tmp_path / "runs" / "later").mkdir(parents=True)
+    outs = run_grid(path, jobs=1, threads=1, train=False, only=["later"])
+    assert json.loads(outs[0].read_text())["status"] == "failed"

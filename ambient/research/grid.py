@@ -218,7 +218,8 @@ def run_grid(
     evaluate: bool = True,
     threads: int | None = None,
 ) -> list[Path]:
-    """Train then score every run of a grid file (or the ``only`` ones); returns the study files."""
+    """Train then score every run of a grid file (or the ``only`` ones); returns the study files. Without
+    ``train``, a run whose folder does not exist yet is skipped (no study is written for it)."""
     from ambient.research.studies import set_threads
 
     spec, runs = load_grid(path)
@@ -237,6 +238,9 @@ def run_grid(
         set_threads(os.cpu_count() or 1)  # scoring runs after training: all cores
         try:
             for r in chosen:
+                if not train and not Path(r.config.out).exists():  # never started: nothing to score, nothing failed
+                    print(f"[grid] {r.name}: not trained yet ({r.config.out} does not exist); skipped", flush=True)
+                    continue
                 outs.append(evaluate_run(spec, r, runs, errors.get(r.name)))
         finally:
             set_threads(before)  # a caller in the same process keeps its setting
