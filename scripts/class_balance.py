@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         for step in a.steps:
             m = load_denoiser(f"{run}/snapshots/step_{step:06d}")
             cond = encode_prompts([""] * a.n, m.meta.get("text_model"), m.cond_dim)
-            size = 32 if m.image_shape[-1] > 32 else None  # an upsampled run is labelled at its data's size
+            size = m.meta.get("train_config", {}).get("image_size")  # an upsampled run: labelled at its data's size
             x = generate(m, None, list(range(a.seed, a.seed + a.n)), cond, 18, bf16=True, size=size)
             h = class_histogram(x, clf)
             print(f"{run} step {step}: {h} largest class {100 * max(h) / a.n:.1f} %")
